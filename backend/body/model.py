@@ -1,0 +1,305 @@
+"""`BodyModel`: one API over `smplx.SMPLX` for the real SMPL-X file and the open template.
+
+Everything that poses a body goes through here: the avatar, the motion checks, the server's rig
+data. Posing is expressed once, as skinning transforms (the form Blender sends); SMPL-X pose
+parameters are turned into transforms by forward kinematics and then take the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .joints import HAND_JOINTS, JOINT_NAMES, NUM_JOINTS, PARENTS
+from .template import cache_dir, vertex_normals
+
+REQUIRED_KEYS = ("v_template", "f", "weights", "J_regressor", "shapedirs", "posedirs",
+                 "kintree_table", "hands_componentsl", "hands_componentsr",
+                 "hands_meanl", "hands_meanr", "lmk_faces_idx", "lmk_bary_coords")
+ENV_VAR = "DREAMWALTZ_SMPLX"
+
+
+class BodyModelError(ValueError):
+    """A body-model file that cannot be used; the message names the file and the problem."""
+
+
+@dataclasses.dataclass
+class BodyOutput:
+    vertices: torch.Tensor     # (B, V, 3)
+    joints: torch.Tensor       # (B, 55, 3) posed joints
+    transforms: torch.Tensor   # (B, 55, 4, 4) skinning transforms (rest space -> posed space)
+
+
+def _as_tensor(x: Any, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=dtype, device=device)
+
+
+def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
+    """Rodrigues' formula for (..., 3) axis-angles, stable at zero."""
+    angle = torch.linalg.norm(aa, dim=-1, keepdim=True)
+    axis = aa / angle.clamp_min(1e-8)
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*aa.shape[:-1], 3, 3)
+    s, c = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(k)
+    return eye + s * k + (1 - c) * (k @ k)
+
+
+def _validate_file(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise BodyModelError(f"body model file {path} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = {k: data[k] for k in data.files if k in REQUIRED_KEYS or k.startswith(("dynamic_lmk", "part_of"))}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise BodyModelError(f"body model file {path} is not a readable SMPL-X .npz ({exc})") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise BodyModelError(f"body model file {path} is missing the keys {', '.join(missing)} "
+                             "(expected an SMPL-X model such as SMPLX_NEUTRAL_2020.npz)")
+    joints = arrays["J_regressor"].shape[0]
+    if joints != NUM_JOINTS or arrays["weights"].shape[1] != NUM_JOINTS:
+        raise BodyModelError(f"body model file {path} has {joints} joints; SMPL-X has {NUM_JOINTS} "
+                             "(is it an SMPL or SMPL-H file?)")
+    nv = arrays["v_template"].shape[0]
+    if arrays["weights"].shape[0] != nv or arrays["shapedirs"].shape[0] != nv:
+        raise BodyModelError(f"body model file {path} is inconsistent: v_template has {nv} vertices "
+                             f"but weights/shapedirs have {arrays['weights'].shape[0]}/{arrays['shapedirs'].shape[0]}")
+    return arrays
+
+
+def resolve_path(path: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The body-model file to use and its kind: an explicit path, else $DREAMWALTZ_SMPLX, else
+    the open template (generated and cached on first use)."""
+    if path:
+        return Path(path), "smplx"
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env), "smplx"
+    from .template import cached_template_path
+
+    return cached_template_path(), "template"
+
+
+class BodyModel:
+    """An SMPL-X body (real or open template) that can be shaped and posed on any torch device."""
+
+    def __init__(self, path: Path, kind: str, device: str | torch.device = "cpu") -> None:
+        import smplx
+
+        arrays = _validate_file(path)
+        digest = _sha256(path)
+        loadable = path if kind == "template" else _sanitized_copy(arrays, digest)
+        with contextlib.redirect_stdout(sys.stderr):  # smplx prints warnings; stdout may be the protocol
+            self._smplx = smplx.SMPLX(str(loadable), ext="npz", use_pca=False, flat_hand_mean=True,
+                                      num_betas=300, num_expression_coeffs=100).to(device)
+        self.path = path
+        self.kind = kind
+        self.device = torch.device(device)
+        self.joint_names = JOINT_NAMES
+        self.parents = np.array(PARENTS, dtype=np.int64)
+        self.faces = np.asarray(arrays["f"], dtype=np.int64)
+        self._hand = {side: (np.asarray(arrays[f"hands_components{side[0]}"], dtype=np.float64),
+                             np.asarray(arrays[f"hands_mean{side[0]}"], dtype=np.float64))
+                      for side in ("left", "right")}
+        self._part_of_vertex = arrays.get("part_of_vertex")
+        self.identity = {"kind": kind, "name": path.name, "sha256": digest}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "BodyModel":
+        resolved, kind = resolve_path(path)
+        return cls(resolved, kind, device)
+
+    # ---- sizes and static data -------------------------------------------------------------
+    @property
+    def num_betas(self) -> int:
+        return int(self._smplx.shapedirs.shape[-1])
+
+    @property
+    def num_expression(self) -> int:
+        return int(self._smplx.expr_dirs.shape[-1])
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self._smplx.v_template.shape[0])
+
+    @property
+    def skinning_weights(self) -> torch.Tensor:
+        return self._smplx.lbs_weights
+
+    def hand_pca(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """(components (K, 45) as rows, mean (45,)) of the model's hand pose space."""
+        return self._hand[side]
+
+    def to(self, device: str | torch.device) -> "BodyModel":
+        self._smplx = self._smplx.to(device)
+        self.device = torch.device(device)
+        return self
+
+    # ---- shape ------------------------------------------------------------------------------
+    def _betas(self, betas: Any) -> torch.Tensor:
+        out = torch.zeros(self.num_betas, device=self.device)
+        if betas is None:
+            return out
+        b = _as_tensor(betas, self.device).reshape(-1)
+        if b.numel() > self.num_betas:
+            raise BodyModelError(f"{b.numel()} betas given; the body model {self.path.name} has {self.num_betas}")
+        if not torch.isfinite(b).all():
+            raise BodyModelError("betas contain NaN or infinite values")
+        out[: b.numel()] = b
+        return out
+
+    def _expression(self, expression: Any, batch: int) -> torch.Tensor:
+        out = torch.zeros(batch, self.num_expression, device=self.device)
+        if expression is None:
+            return out
+        e = _as_tensor(expression, self.device).reshape(batch, -1)
+        n = min(e.shape[1], self.num_expression)
+        out[:, :n] = e[:, :n]
+        return out
+
+    def shaped_vertices(self, betas: Any = None, expression: Any = None) -> torch.Tensor:
+        """Rest-pose vertices for a shape (and optional expression), (V, 3)."""
+        m = self._smplx
+        v = m.v_template + torch.einsum("vck,k->vc", m.shapedirs, self._betas(betas))
+        if expression is not None:
+            v = v + torch.einsum("vck,k->vc", m.expr_dirs, self._expression(expression, 1)[0])
+        return v
+
+    def rest_joints(self, betas: Any = None, expression: Any = None) -> torch.Tensor:
+        """Rest joints for a shape, (55, 3): where the rig's bone heads go. As in SMPL-X, an
+        expression may move the face's joints slightly."""
+        return self._smplx.J_regressor @ self.shaped_vertices(betas, expression)
+
+    def template_mesh(self, betas: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.shaped_vertices(betas).detach().cpu().numpy(), self.faces
+
+    # ---- regions ----------------------------------------------------------------------------
+    def regions(self) -> dict[str, np.ndarray]:
+        """Boolean vertex masks by dominant skinning joint: hands, left/right hand, head, face."""
+        dominant = self.skinning_weights.argmax(dim=1).cpu().numpy()
+        v = self._smplx.v_template.detach().cpu().numpy()
+        normals = vertex_normals(v, self.faces)
+        left = np.isin(dominant, (20,) + HAND_JOINTS["left"])
+        right = np.isin(dominant, (21,) + HAND_JOINTS["right"])
+        head = np.isin(dominant, (15, 22, 23, 24))
+        head_joint = self.rest_joints()[15].detach().cpu().numpy()
+        face = head & (normals[:, 2] > 0.3) & (v[:, 2] > head_joint[2])
+        return {"left_hand": left, "right_hand": right, "hands": left | right, "head": head, "face": face}
+
+    # ---- posing -----------------------------------------------------------------------------
+    def local_rotations(self, full_pose: torch.Tensor) -> torch.Tensor:
+        """(B, 55, 3) axis-angles -> (B, 55, 3, 3)."""
+        return axis_angle_to_matrix(full_pose)
+
+    def forward_kinematics(self, rotations: torch.Tensor, rest_joints: torch.Tensor,
+                           transl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posed joints (B, 55, 3) and skinning transforms (B, 55, 4, 4) from local rotations
+        and rest joints ((55, 3) or (B, 55, 3))."""
+        batch = rotations.shape[0]
+        rest = rest_joints.expand(batch, NUM_JOINTS, 3)
+        rel = torch.cat([rest[:, :1], rest[:, 1:] - rest[:, self.parents[1:]]], dim=1)
+        local = torch.zeros(batch, NUM_JOINTS, 4, 4, device=rotations.device, dtype=rotations.dtype)
+        local[:, :, :3, :3] = rotations
+        local[:, :, :3, 3] = rel
+        local[:, :, 3, 3] = 1
+        chain = [local[:, 0]]
+        for j in range(1, NUM_JOINTS):
+            chain.append(chain[self.parents[j]] @ local[:, j])
+        world = torch.stack(chain, dim=1)
+        joints = world[:, :, :3, 3].clone()
+        transforms = world.clone()
+        transforms[:, :, :3, 3] = world[:, :, :3, 3] - (world[:, :, :3, :3] @ rest[..., None])[..., 0]
+        if transl is not None:
+            joints = joints + transl[:, None]
+            transforms[:, :, :3, 3] += transl[:, None]
+        return joints, transforms
+
+    def full_pose(self, batch: int, **params: Any) -> torch.Tensor:
+        """Assemble (B, 55, 3) axis-angles from SMPL-X's named pose parameters (missing = zero)."""
+        parts = [("global_orient", 1), ("body_pose", 21), ("jaw_pose", 1), ("leye_pose", 1),
+                 ("reye_pose", 1), ("left_hand_pose", 15), ("right_hand_pose", 15)]
+        chunks = []
+        for name, joints in parts:
+            value = params.get(name)
+            if value is None:
+                chunks.append(torch.zeros(batch, joints, 3, device=self.device))
+                continue
+            t = _as_tensor(value, self.device).reshape(batch, joints, 3)
+            if not torch.isfinite(t).all():
+                raise BodyModelError(f"{name} contains NaN or infinite values")
+            chunks.append(t)
+        return torch.cat(chunks, dim=1)
+
+    def pose_vertices(self, transforms: torch.Tensor, betas: Any = None, expression: Any = None,
+                      local_rotations: torch.Tensor | None = None) -> torch.Tensor:
+        """Posed vertices (B, V, 3) from skinning transforms; pose correctives need the local
+        rotations (without them the rest-pose surface is skinned as is)."""
+        m = self._smplx
+        batch = transforms.shape[0]
+        v = self.shaped_vertices(betas)[None].expand(batch, -1, -1)
+        if expression is not None:
+            v = v + torch.einsum("vck,bk->bvc", m.expr_dirs, self._expression(expression, batch))
+        if local_rotations is not None:
+            eye = torch.eye(3, device=self.device)
+            feature = (local_rotations[:, 1:] - eye).reshape(batch, -1)
+            v = v + (feature @ m.posedirs).reshape(batch, -1, 3)
+        blend = torch.einsum("vj,bjrc->bvrc", m.lbs_weights, transforms)
+        return (blend[..., :3, :3] @ v[..., None])[..., 0] + blend[..., :3, 3]
+
+    def forward(self, betas: Any = None, expression: Any = None, transl: Any = None, **pose: Any) -> BodyOutput:
+        """Pose the body with SMPL-X parameters (numpy or torch; hands as full axis-angles)."""
+        batch = _batch_size(pose, transl)
+        full = self.full_pose(batch, **pose)
+        rotations = self.local_rotations(full)
+        t = None if transl is None else _as_tensor(transl, self.device).reshape(batch, 3)
+        if t is not None and not torch.isfinite(t).all():
+            raise BodyModelError("transl contains NaN or infinite values")
+        rest = self.shaped_vertices(betas)[None]
+        if expression is not None:
+            rest = rest + torch.einsum("vck,bk->bvc", self._smplx.expr_dirs, self._expression(expression, batch))
+        rest = torch.einsum("jv,bvc->bjc", self._smplx.J_regressor, rest)
+        joints, transforms = self.forward_kinematics(rotations, rest, t)
+        vertices = self.pose_vertices(transforms, betas, expression, rotations)
+        return BodyOutput(vertices=vertices, joints=joints, transforms=transforms)
+
+    def smplx_forward(self, **kwargs: Any) -> Any:
+        """The `smplx` package's own forward pass (used to check ours against it)."""
+        return self._smplx(**kwargs)
+
+
+def _batch_size(pose: dict[str, Any], transl: Any) -> int:
+    for value in list(pose.values()) + [transl]:
+        if value is not None:
+            shape = tuple(value.shape)
+            return int(shape[0]) if len(shape) > 1 else 1
+    return 1
+
+
+def _sanitized_copy(arrays: dict[str, np.ndarray], digest: str) -> Path:
+    """smplx loads `.npz` files with pickles allowed; hand it a copy holding only plain arrays."""
+    from ..files import atomic_path
+
+    path = cache_dir() / f"smplx_{digest[:16]}.npz"
+    if not path.exists():
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
