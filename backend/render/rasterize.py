@@ -1,0 +1,85 @@
+"""``rasterize``: one entry point, two implementations (gsplat on CUDA, the torch reference)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from . import gsplat_rasterizer
+from .core import Camera, GaussianSet, RenderError, RenderOutput
+from .torch_rasterizer import rasterize_torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("gsplat", "torch")
+
+
+def available_backends() -> list[str]:
+    """Backends that can be used here, best first: ``["gsplat", "torch"]`` or ``["torch"]``.
+
+    "gsplat" is listed when torch sees a CUDA device, the gsplat package is installed, and
+    either it ships a prebuilt extension or a CUDA toolkit (nvcc) is there to JIT-compile
+    it. Nothing is imported or compiled here: a build failure surfaces (as RenderError) on
+    the first gsplat render, after which "gsplat" is no longer listed.
+    """
+    out = []
+    if gsplat_rasterizer.gsplat_usable():
+        out.append("gsplat")
+    out.append("torch")
+    return out
+
+
+def _empty(camera: Camera, device, dtype, background) -> RenderOutput:
+    H, W = int(camera.height), int(camera.width)
+    rgb = torch.zeros(H, W, 3, device=device, dtype=dtype)
+    if background is not None:
+        rgb = rgb + torch.as_tensor(background, device=device, dtype=dtype).reshape(1, 1, 3)
+    z = torch.zeros(H, W, 1, device=device, dtype=dtype)
+    return RenderOutput(rgb=rgb, alpha=z, depth=z.clone())
+
+
+def rasterize(
+    gaussians: GaussianSet,
+    camera: Camera,
+    *,
+    backend: str = "auto",
+    background: Tensor | None = None,
+) -> RenderOutput:
+    """Render Gaussians through a camera; returns RGB (over ``background``, default black),
+    alpha and expected depth, each (H, W, C) on the Gaussians' device.
+
+    backend: "gsplat" (CUDA only), "torch" (any device, differentiable) or "auto" (gsplat
+    when the tensors are on CUDA and gsplat loads, else torch).
+    """
+    if backend not in ("auto",) + BACKENDS:
+        raise RenderError(f"unknown rasterizer backend {backend!r}; choose from auto, gsplat, torch")
+    if not isinstance(gaussians, GaussianSet):
+        raise RenderError(f"rasterize expects a GaussianSet, got {type(gaussians).__name__}")
+    if not isinstance(camera, Camera):
+        raise RenderError(f"rasterize expects a Camera, got {type(camera).__name__}")
+    gaussians.validate()
+    camera.validate()
+    device, dtype = gaussians.device, gaussians.dtype
+    if background is not None:
+        background = torch.as_tensor(background, device=device, dtype=dtype)
+        if background.numel() != 3:
+            raise RenderError(f"background must hold 3 values (RGB), got shape {tuple(background.shape)}")
+
+    if backend == "auto":
+        backend = "torch"
+        if device.type == "cuda" and gsplat_rasterizer.gsplat_usable():
+            try:
+                gsplat_rasterizer.load_gsplat()
+                backend = "gsplat"
+            except RenderError as e:
+                log.warning("falling back to the torch rasterizer: %s", e)
+
+    if len(gaussians) == 0:
+        if backend == "gsplat" and device.type != "cuda":
+            raise RenderError(f"the gsplat backend needs CUDA tensors, got Gaussians on {device}")
+        return _empty(camera, device, dtype, background)
+    if backend == "gsplat":
+        return gsplat_rasterizer.rasterize_gsplat(gaussians, camera, background)
+    return rasterize_torch(gaussians, camera, background)
