@@ -124,7 +124,7 @@ def _parse_header(path, f):
     while True:
         line = f.readline(4096)
         nbytes += len(line)
-        if not line:
+        if not line or (not line.endswith(b"\n") and len(line) < 4096):
             raise PlyError(f"{path}: truncated PLY header (no 'end_header')")
         if nbytes > _MAX_HEADER_BYTES:
             raise PlyError(f"{path}: PLY header too long or missing 'end_header'")
