@@ -348,8 +348,11 @@ def _expression_dirs(mesh: _Mesh) -> np.ndarray:
     mask = _face_mask(mesh)
     p = mesh.vertices[mask]
     b = lambda name, r=0.09: _bump(p, feats[name], r * h)  # noqa: E731
+    # Fade out toward the neck, so expressions never pull the neck's skin.
+    fade = np.clip(1.0 - 2.0 * mesh.weights[mask, JOINT_INDEX["neck"]], 0.0, 1.0)[:, None]
+
     def put(k: int, field: np.ndarray) -> None:
-        out[mask, :, k] = field * h
+        out[mask, :, k] = field * h * fade
 
     lower = _smoothstep(0.0, 0.15 * h, feats["mouth"][1] - p[:, 1])[:, None]
     front = (p[:, 2] > feats["mouth"][2] - 0.3 * h)[:, None]

@@ -1,0 +1,1 @@
+"""Command-line commands of `python -m backend` (one module per command)."""
