@@ -203,10 +203,15 @@ class Motion:
         """New motion whose frame k blends source frames i0[k], i1[k] with weight w[k]."""
         n = self.num_frames
         fp = self.full_pose
-        used, inv = np.unique(np.concatenate([i0, i1]), return_inverse=True)
-        q = aa_to_quat(fp[used])                      # only the frames we need
-        j0, j1 = inv[:len(i0)], inv[len(i0):]
-        pose = quat_to_aa(slerp(q[j0], q[j1], w[:, None, None])).astype(np.float32)
+        exact = w < 1e-9                              # sample falls on a source frame: copy it
+        pose = fp[i0].astype(np.float32)
+        mix = np.nonzero(~exact)[0]
+        if len(mix):
+            a, b = i0[mix], i1[mix]
+            used, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+            q = aa_to_quat(fp[used])                  # only the frames we need
+            j0, j1 = inv[:len(mix)], inv[len(mix):]
+            pose[mix] = quat_to_aa(slerp(q[j0], q[j1], w[mix, None, None]))
         wl = w[:, None]
 
         def lerp(a):
