@@ -92,16 +92,23 @@ def pose_free(avatar: Avatar, transforms: torch.Tensor) -> GaussianSet:
     )
 
 
+def _areas(tri: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.linalg.norm(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), dim=-1)
+
+
 def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
+    """Gaussians on posed triangles; offsets and sizes grow with the triangle (scaled rigs, stretch)."""
     bound = avatar.bound
     faces = torch.as_tensor(avatar.body.faces, device=vertices.device)[bound.faces]
     tri, frames = triangle_frames(vertices, faces)
+    rest_tri = avatar.body.shaped_vertices(avatar.betas)[faces]
+    k = (_areas(tri) / _areas(rest_tri).clamp_min(1e-12)).sqrt()[:, None]
     anchor = (bound.barycentric[:, :, None] * tri).sum(1)
-    means = anchor + (frames @ bound.offsets[:, :, None])[..., 0]
+    means = anchor + k * (frames @ bound.offsets[:, :, None])[..., 0]
     return GaussianSet(
         means=means,
         quats=quaternion_multiply(matrix_to_quaternion(frames), bound.quats),
-        scales=torch.exp(bound.log_scales),
+        scales=torch.exp(bound.log_scales) * k,
         opacities=torch.sigmoid(bound.opacity_logits),
         colors=bound.colors.clamp(0, 1),
     )
