@@ -1,0 +1,98 @@
+"""Shared-memory blocks the server hands frames and bulk arrays through.
+
+One block per *slot* (a name the client picks, e.g. "frame" or "viewport"): a request that
+writes a slot reuses its block when the new data has the same size and replaces it (unlink, new
+name) when not. Block names carry the server's pid (``protocol.block_prefix``), so a client can
+remove the blocks of a server that was killed. All blocks are unlinked on release, on shutdown,
+at interpreter exit and on SIGTERM (see ``backend.server.core``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from .. import protocol as P
+
+log = logging.getLogger("backend.server.shm")
+
+MAX_SLOTS = 32
+
+
+class Block:
+    def __init__(self, name: str, size: int) -> None:
+        self.shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        self.name = name
+        self.size = size
+
+    def array(self, spec: dict) -> np.ndarray:
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        return np.ndarray(spec["shape"], dtype=spec["dtype"], buffer=self.shm.buf,
+                          offset=spec["offset"]) if count else np.zeros(spec["shape"], spec["dtype"])
+
+    def destroy(self) -> None:
+        try:
+            self.shm.close()
+        except BufferError:  # a numpy view is still alive; the mapping goes with it
+            pass
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class ShmPool:
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.prefix = P.block_prefix(self.pid)
+        self._serial = 0
+        self._slots: dict[str, Block] = {}
+        self._lock = threading.Lock()
+
+    def allocate(self, slot: str, arrays: list[tuple[str, str, tuple]]) -> tuple[Block, dict[str, dict], dict[str, np.ndarray]]:
+        """The block for `slot` laid out for `arrays` (reused when the size matches), the array
+        specs for the reply, and writable numpy views to fill."""
+        P.check_slot(slot)
+        specs, size = P.layout(arrays)
+        with self._lock:
+            block = self._slots.get(slot)
+            if block is not None and block.size != size:
+                log.debug("slot %s: size %d -> %d, replacing block %s", slot, block.size, size, block.name)
+                block.destroy()
+                del self._slots[slot]
+                block = None
+            if block is None:
+                if len(self._slots) >= MAX_SLOTS:
+                    raise P.ProtocolError(P.BAD_REQUEST, f"too many shared-memory slots in use ({MAX_SLOTS}); "
+                                          "release some with the op 'release'")
+                self._serial += 1
+                block = Block(P.block_name(self.pid, self._serial), size)
+                self._slots[slot] = block
+        views = {name: block.array(spec) for name, spec in specs.items()}
+        for spec in specs.values():
+            spec["shm"] = block.name
+        return block, specs, views
+
+    def release(self, slot: str | None = None) -> list[str]:
+        """Unlink one slot's block (or all of them); returns the names removed."""
+        with self._lock:
+            slots = list(self._slots) if slot is None else [slot]
+            removed = []
+            for s in slots:
+                block = self._slots.pop(s, None)
+                if block is not None:
+                    block.destroy()
+                    removed.append(block.name)
+            return removed
+
+    def describe(self) -> list[dict]:
+        with self._lock:
+            return [{"slot": s, "block": b.name, "bytes": b.size} for s, b in self._slots.items()]
+
+    def has(self, slot: str) -> bool:
+        with self._lock:
+            return slot in self._slots
