@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -537,7 +536,6 @@ def write_tram(folder, bm, m: Motion, w2c, frame_offset=3, drop=(), layout="flat
     import torch
 
     n = m.num_frames
-    J0 = pelvis(bm)
     R_w2c, t_w2c = w2c[:, :3, :3], w2c[:, :3, 3]
     orient_c, transl_c = move_params(bm, m.replace(betas=None), R_w2c, t_w2c)
     rot = np.tile(np.eye(3), (n, 24, 1, 1))

@@ -22,7 +22,7 @@ import numpy as np
 from ..convert import add_hand_mean
 from ..errors import MotionError
 from ..types import Motion
-from ._common import LoadContext, array, first_key, frames, require, scalar, text, zeros
+from ._common import LoadContext, array, frames, require, scalar, text, zeros
 
 FPS_KEYS = ("mocap_framerate", "mocap_frame_rate")
 LAYOUTS = {156: "smplh", 165: "smplx", 72: "smpl"}

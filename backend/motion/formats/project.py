@@ -8,7 +8,6 @@ is a camera; ``betas`` and ``gender`` only when known. Everything is a plain arr
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

@@ -63,7 +63,8 @@ def load_dict(d: dict, path, ctx: LoadContext) -> Motion:
             hands.append(hands_from_pca(h, ctx.body_model, side, path, key))
     betas = None
     if "betas" in d and d["betas"] is not None:
-        betas = array(d["betas"], "betas", path).reshape(-1, array(d["betas"], "betas", path).shape[-1])[0]
+        b = array(d["betas"], "betas", path)
+        betas = b.reshape(-1, b.shape[-1])[0] if b.ndim else b.reshape(1)     # (1, 300) -> (300,)
     fps = float(ctx.source_fps) if ctx.source_fps is not None else TALKSHOW_FPS
     return Motion(fps=fps, global_orient=orient.astype(np.float32), body_pose=body.astype(np.float32),
                   left_hand_pose=hands[0].astype(np.float32), right_hand_pose=hands[1].astype(np.float32),

@@ -16,7 +16,6 @@ SMPL betas have no SMPL-X counterpart and are dropped. TRAM stores no frame rate
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
