@@ -617,3 +617,20 @@ def test_tram_needs_both_files(tmp_path, bm):
     cam_file.unlink()
     with pytest.raises(MotionError, match="camera.npy"):
         load_motion(hps_file)
+
+
+def test_npz_body_matches_the_body_model_without_torch():
+    """The add-on's torch-free stand-in reads the same hand space and pelvis from the file."""
+    from backend.body import BodyModel
+    from backend.motion import NpzBody
+
+    body = BodyModel.load()
+    nb = NpzBody(body.path)
+    b = np.random.default_rng(3).normal(size=body.num_betas)
+    np.testing.assert_allclose(nb.rest_joints(b), body.rest_joints(b).detach().numpy(), atol=1e-5)
+    for side in ("left", "right"):
+        for a, e in zip(nb.hand_pca(side), body.hand_pca(side)):
+            np.testing.assert_allclose(a, e)
+    path = real("talkshow_pkl", "116212")
+    np.testing.assert_allclose(load_motion(path, body_model=nb).full_pose,
+                               load_motion(path, body_model=body).full_pose, atol=1e-6)

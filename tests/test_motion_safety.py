@@ -155,52 +155,53 @@ def test_malicious_global_inside_a_torch_blob_is_refused(tmp_path):
 
 
 NO_TORCH = textwrap.dedent("""
-    import json, sys, glob
+    import json, sys
     import numpy as np
     sys.modules["torch"] = None          # any `import torch` now raises ImportError
-    import backend.motion
-    from backend.motion import load_motion
+    from backend.motion import NpzBody, load_motion
 
-    class NumpyHands:                    # a body model without torch: hand space only
-        num_betas = 10
-        def __init__(self):
-            q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(45, 45)))
-            self.c, self.m = q.T, np.full(45, 0.1)
-        def hand_pca(self, side):
-            return self.c, self.m
-        def rest_joints(self, betas=None):
-            return np.zeros((55, 3))
-
+    body = NpzBody(sys.argv[1])          # the same SMPL-X file, read with numpy
     out = {}
-    for path in sys.argv[1:]:
-        m = load_motion(path, body_model=NumpyHands())
-        out[path] = [m.source_format, m.num_frames, float(np.abs(m.full_pose).sum())]
+    for path in sys.argv[2:]:
+        m = load_motion(path, body_model=body)
+        out[path] = [m.source_format, m.num_frames, m.full_pose.astype(float).sum(), m.transl.astype(float).sum()]
     out["torch_imported"] = sys.modules.get("torch") is not None
     print(json.dumps(out))
 """)
 
 
-def run_without_torch(*paths) -> dict:
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, paths)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+@pytest.fixture(scope="module")
+def bm():
+    from backend.body import BodyModel
+
+    return BodyModel.load()
+
+
+def run_without_torch(bm, *paths) -> dict:
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(bm.path), *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_talkshow_cuda_tensors_are_skipped_without_torch_or_gpu():
+def test_talkshow_cuda_tensors_are_skipped_without_torch_or_gpu(bm):
     folder = motions_dir()
     if folder is None:
         pytest.skip("the real motion files (../shared/data/motions) are not on this machine")
     files = sorted((folder / "talkshow_pkl").glob("*.pkl")) + sorted((folder / "aist_pkl").glob("*.pkl")) \
         + sorted((folder / "smplx265_npy").glob("*.npy"))[:1] + sorted((folder / "amass_npz").glob("*.npz"))[:1]
-    out = run_without_torch(*files)
+    out = run_without_torch(bm, *files)
     assert out.pop("torch_imported") is False
-    assert len(out) == len(files)
-    assert all(v[1] > 0 and np.isfinite(v[2]) for v in out.values())
     assert {v[0] for v in out.values()} == {"talkshow", "aist", "smplx265", "amass"}
+    for f in files:                       # same motion as with the torch BodyModel
+        m = load_motion(f, body_model=bm)
+        fmt, n, pose_sum, transl_sum = out[str(f)]
+        assert (fmt, n) == (m.source_format, m.num_frames)
+        assert pose_sum == pytest.approx(m.full_pose.astype(float).sum(), rel=1e-5, abs=1e-3)
+        assert transl_sum == pytest.approx(m.transl.astype(float).sum(), rel=1e-5, abs=1e-3)
 
 
-def test_tram_torch_tensors_are_read_without_torch(tmp_path):
+def test_tram_torch_tensors_are_read_without_torch(tmp_path, bm):
     import torch
 
     n = 8
@@ -213,7 +214,7 @@ def test_tram_torch_tensors_are_read_without_torch(tmp_path):
             allow_pickle=True)
     np.save(tmp_path / "camera.npy", {"pred_cam_R": np.tile(np.eye(3), (n, 1, 1)), "pred_cam_T": np.zeros((n, 3)),
                                       "img_focal": 1000.0, "img_center": np.array([640.0, 360.0])}, allow_pickle=True)
-    out = run_without_torch(tmp_path)
+    out = run_without_torch(bm, tmp_path)
     assert out.pop("torch_imported") is False
     assert out[str(tmp_path)][:2] == ["tram", n]
     m = load_motion(tmp_path)                               # and in-process: the values survive
