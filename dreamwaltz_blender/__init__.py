@@ -1,0 +1,46 @@
+"""DreamWaltz for Blender: text-driven, animatable 3D Gaussian avatars.
+
+Thin Blender glue: rigs, motion keys, the render engine and compositing live here; all GPU work
+happens in the backend process, reached through `client.py`. This package never imports torch.
+"""
+
+from __future__ import annotations
+
+bl_info = {
+    "name": "DreamWaltz",
+    "author": "DreamWaltz for Blender developers",
+    "version": (0, 1, 0),
+    "blender": (4, 2, 0),
+    "location": "3D Viewport > Sidebar > DreamWaltz",
+    "description": "Text-driven, animatable 3D Gaussian human avatars",
+    "category": "Animation",
+}
+
+
+def _classes() -> tuple:
+    from . import engine, operators, panels, preferences
+
+    return preferences.CLASSES + operators.CLASSES + panels.CLASSES + (engine.DreamWaltzRenderEngine,)
+
+
+def register() -> None:
+    import bpy
+
+    from . import engine
+
+    for cls in _classes():
+        bpy.utils.register_class(cls)
+    for panel in engine.compatible_panels():
+        panel.COMPAT_ENGINES.add(engine.DreamWaltzRenderEngine.bl_idname)
+
+
+def unregister() -> None:
+    import bpy
+
+    from . import engine, session
+
+    session.shutdown()
+    for panel in engine.compatible_panels():
+        panel.COMPAT_ENGINES.discard(engine.DreamWaltzRenderEngine.bl_idname)
+    for cls in reversed(_classes()):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,99 @@
+"""Blender cameras <-> OpenCV cameras (DESIGN.md §3): the one conversion both directions use.
+
+OpenCV form: world_to_camera maps Blender world points to a camera frame with x right, y down,
+z forward; K holds fx, fy, cx, cy in pixels with (0, 0) at the top-left corner of the image.
+Everything Blender does to the frame (lens, sensor fit, shift, pixel aspect, resolution
+percentage) is read from the camera's own view frame, so no case is re-derived by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+@dataclasses.dataclass
+class CameraCV:
+    world_to_camera: np.ndarray  # (4, 4)
+    K: np.ndarray                # (3, 3)
+    width: int
+    height: int
+    near: float
+    far: float
+
+    def as_message(self) -> dict:
+        return {"world_to_camera": self.world_to_camera.tolist(), "K": self.K.tolist(),
+                "near": self.near, "far": self.far}
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) world points -> (N, 3) pixel u, v and depth z."""
+        p = np.c_[points, np.ones(len(points))] @ self.world_to_camera.T
+        uv = p[:, :3] @ self.K.T
+        return np.c_[uv[:, :2] / uv[:, 2:3], p[:, 2]]
+
+
+def render_size(scene: Any) -> tuple[int, int]:
+    r = scene.render
+    scale = r.resolution_percentage / 100.0
+    return max(1, int(r.resolution_x * scale)), max(1, int(r.resolution_y * scale))
+
+
+def _rigid_inverse(matrix_world: Any) -> np.ndarray:
+    m = np.array(matrix_world, dtype=np.float64)
+    rot = m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0, keepdims=True)  # drop object scale
+    inv = np.eye(4)
+    inv[:3, :3] = rot.T
+    inv[:3, 3] = -rot.T @ m[:3, 3]
+    return inv
+
+
+def camera_to_opencv(scene: Any, camera_obj: Any, width: int | None = None, height: int | None = None) -> CameraCV:
+    """The scene camera (or any camera object) as an OpenCV camera for the render size."""
+    if width is None or height is None:
+        width, height = render_size(scene)
+    data = camera_obj.data
+    if data.type != "PERSP":
+        raise ValueError(f"camera {camera_obj.name!r} is {data.type.lower()}; DreamWaltz renders perspective cameras")
+    frame = [tuple(v) for v in data.view_frame(scene=scene)]
+    xs, ys, d = [v[0] for v in frame], [v[1] for v in frame], -frame[0][2]
+    xmin, xmax, ymin, ymax = min(xs), max(xs), min(ys), max(ys)
+    K = np.array([[d * width / (xmax - xmin), 0.0, -xmin * width / (xmax - xmin)],
+                  [0.0, d * height / (ymax - ymin), ymax * height / (ymax - ymin)],
+                  [0.0, 0.0, 1.0]])
+    w2c = BLENDER_TO_OPENCV @ _rigid_inverse(camera_obj.matrix_world)
+    return CameraCV(w2c, K, int(width), int(height), float(data.clip_start), float(data.clip_end))
+
+
+def view_to_opencv(region_3d: Any, width: int, height: int, lens: float, sensor: float,
+                   clip_start: float, clip_end: float) -> CameraCV:
+    """The viewport's own camera (Rendered shading without a camera view)."""
+    view = np.array(region_3d.view_matrix, dtype=np.float64)
+    f = lens / sensor * max(width, height)
+    K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+    return CameraCV(BLENDER_TO_OPENCV @ view, K, width, height, clip_start, clip_end)
+
+
+def apply_opencv(camera_obj: Any, scene: Any, world_to_camera: np.ndarray, K: np.ndarray,
+                 width: int, height: int) -> None:
+    """Set a Blender camera (pose, lens, shift, sensor, pixel aspect) from an OpenCV camera, so
+    that `camera_to_opencv` gives the same camera back. Sets the scene's resolution too."""
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    r = scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = int(width), int(height), 100
+    r.pixel_aspect_x, r.pixel_aspect_y = (1.0, fx / fy) if fx >= fy else (fy / fx, 1.0)
+    data = camera_obj.data
+    data.type = "PERSP"
+    data.sensor_fit = "HORIZONTAL"
+    data.sensor_width = 36.0
+    data.lens = fx / width * data.sensor_width
+    aspect_w = width * r.pixel_aspect_x
+    data.shift_x = 0.5 - cx / width
+    data.shift_y = (cy - height / 2) / height * (height * r.pixel_aspect_y) / aspect_w
+    c2w = np.linalg.inv(BLENDER_TO_OPENCV @ np.asarray(world_to_camera, dtype=np.float64))
+    import mathutils
+
+    camera_obj.matrix_world = mathutils.Matrix(c2w.tolist())

@@ -1,0 +1,135 @@
+"""The DreamWaltz render engine: F12, Render Animation and Rendered viewport shading.
+
+Per frame it reads the evaluated rigs (so keys, IK, constraints and NLA all count) and static
+Gaussian objects, sends skinning transforms, expressions and the camera to the backend, and
+fills the Combined and Depth passes, which reach the compositor's Render Layers node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import session
+from .camera import CameraCV, camera_to_opencv, render_size, view_to_opencv
+from .rig import AVATAR_KEY, OBJECT_KEY, expression_values, is_avatar_rig, local_rotations, skinning_transforms
+
+DEPTH_EMPTY = 1.0e10  # Blender's Z for "nothing here"
+
+
+def scene_request(depsgraph: Any) -> tuple[list[dict], list[dict]]:
+    """Avatars and static Gaussian objects of the evaluated scene, as render request items."""
+    avatars, objects = [], []
+    for obj in depsgraph.objects:
+        if obj.hide_render:
+            continue
+        if is_avatar_rig(obj):
+            item = {"avatar": session.avatar_handle(obj[AVATAR_KEY]),
+                    "transforms": skinning_transforms(obj).tolist(),
+                    "local_rotations": local_rotations(obj).tolist()}
+            expression = expression_values(obj)
+            if any(expression):
+                item["expression"] = expression
+            avatars.append(item)
+        elif OBJECT_KEY in obj:
+            objects.append({"object": session.object_handle(obj[OBJECT_KEY]),
+                            "matrix": np.array(obj.matrix_world).tolist()})
+    return avatars, objects
+
+
+def render_camera(depsgraph: Any, camera: CameraCV | None = None) -> dict:
+    avatars, objects = scene_request(depsgraph)
+    assert camera is not None
+    return session.client().render(camera=camera.as_message(), width=camera.width, height=camera.height,
+                                   avatars=avatars, objects=objects, passes=("rgba", "depth"),
+                                   flip_y=True, depth_empty=DEPTH_EMPTY)
+
+
+def _over_world(scene: Any, rgba: np.ndarray) -> np.ndarray:
+    """Opaque film: the world colour behind the avatars (transparent film keeps alpha)."""
+    if scene.render.film_transparent:
+        return rgba
+    world = np.array(scene.world.color if scene.world else (0.05, 0.05, 0.05), dtype=np.float32)
+    out = rgba.copy()
+    out[..., :3] += (1 - out[..., 3:4]) * world
+    out[..., 3] = 1.0
+    return out
+
+
+def _engine_base() -> Any:
+    import bpy
+
+    return bpy.types.RenderEngine
+
+
+class DreamWaltzRenderEngine(_engine_base()):
+    bl_idname = "DREAMWALTZ"
+    bl_label = "DreamWaltz"
+    bl_use_preview = False
+    bl_use_postprocess = True
+    bl_use_shading_nodes_custom = False
+
+    def update_render_passes(self, scene: Any = None, renderlayer: Any = None) -> None:
+        self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", "COLOR")
+        if renderlayer is not None and renderlayer.use_pass_z:
+            self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
+
+    def render(self, depsgraph: Any) -> None:
+        scene = depsgraph.scene
+        width, height = render_size(scene)
+        if self.test_break():
+            return
+        if scene.camera is None:
+            self.report({"ERROR"}, "DreamWaltz: the scene has no camera")
+            return
+        self.update_stats("", f"DreamWaltz: frame {scene.frame_current}, posing and rasterizing")
+        try:
+            camera = camera_to_opencv(scene, scene.camera.evaluated_get(depsgraph), width, height)
+            reply = render_camera(depsgraph, camera)
+        except Exception as exc:  # one clear report; Blender shows it in the status bar
+            self.report({"ERROR"}, f"DreamWaltz render failed: {exc}")
+            raise
+        result = self.begin_result(0, 0, width, height)
+        layer = result.layers[0]
+        rgba = _over_world(scene, reply["rgba"].astype(np.float32))
+        layer.passes["Combined"].rect = rgba.reshape(-1, 4)
+        depth = layer.passes.find_by_name("Depth", "")
+        if depth is not None:
+            depth.rect = reply["depth"].astype(np.float32).reshape(-1, 1)
+        self.end_result(result)
+        self.update_progress(1.0)
+
+    # ---- viewport (Rendered shading) -------------------------------------------------------
+    def view_update(self, context: Any, depsgraph: Any) -> None:
+        self.tag_redraw()
+
+    def view_draw(self, context: Any, depsgraph: Any) -> None:
+        import gpu
+        from gpu_extras.presets import draw_texture_2d
+
+        region, space = context.region, context.space_data
+        width, height = region.width, region.height
+        camera = view_to_opencv(context.region_data, width, height, space.lens, 72.0,
+                                space.clip_start, space.clip_end)
+        try:
+            reply = render_camera(depsgraph, camera)
+        except Exception as exc:
+            self.report({"ERROR"}, f"DreamWaltz viewport: {exc}")
+            return
+        pixels = gpu.types.Buffer("FLOAT", width * height * 4, reply["rgba"].astype(np.float32).reshape(-1).tolist())
+        texture = gpu.types.GPUTexture((width, height), format="RGBA32F", data=pixels)
+        gpu.state.blend_set("ALPHA_PREMULT")
+        self.bind_display_space_shader(depsgraph.scene)
+        draw_texture_2d(texture, (0, 0), width, height)
+        self.unbind_display_space_shader()
+        gpu.state.blend_set("NONE")
+
+
+def compatible_panels() -> list[Any]:
+    """Blender's own panels that make sense for this engine (output, format, film, color)."""
+    import bpy
+
+    names = ("RENDER_PT_format", "RENDER_PT_frame_range", "RENDER_PT_output", "RENDER_PT_color_management",
+             "RENDER_PT_film", "VIEWLAYER_PT_layer_passes", "DATA_PT_lens", "DATA_PT_camera")
+    return [getattr(bpy.types, n) for n in names if hasattr(bpy.types, n)]

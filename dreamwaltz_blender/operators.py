@@ -1,0 +1,219 @@
+"""Operators: every action of the panels, scriptable as `bpy.ops.dreamwaltz.*`.
+
+Each reports one clear message on failure (naming the file and the problem) and changes
+nothing in the scene then; successful actions are undoable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
+
+from . import session
+from .client import BackendError
+from .rig import AVATAR_KEY, OBJECT_KEY, build_rig, is_avatar_rig
+
+USER_ERRORS = (BackendError, ValueError, OSError, RuntimeError)
+
+
+def active_rig(context: Any) -> Any:
+    obj = context.active_object
+    if is_avatar_rig(obj):
+        return obj
+    if obj is not None and obj.parent is not None and is_avatar_rig(obj.parent):
+        return obj.parent
+    return None
+
+
+class _Reporting:
+    """Run `apply` and turn user errors into one report instead of a traceback."""
+
+    def apply(self, context: Any) -> set[str]:
+        raise NotImplementedError
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            return self.apply(context)
+        except USER_ERRORS as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+
+
+class DREAMWALTZ_OT_add_avatar(_Reporting, bpy.types.Operator):
+    """Add an avatar: an SMPL-X rig with its body shape, a proxy mesh, and the Gaussians bound to it"""
+
+    bl_idname = "dreamwaltz.add_avatar"
+    bl_label = "Add Avatar"
+    bl_options = {"REGISTER", "UNDO"}
+    filepath: StringProperty(name="Avatar Folder", subtype="DIR_PATH")  # type: ignore[valid-type]
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def apply(self, context: Any) -> set[str]:
+        path = bpy.path.abspath(self.filepath).rstrip(os.sep)
+        if not os.path.isdir(path):
+            raise ValueError(f"the avatar folder {path} does not exist")
+        client = session.client(context)
+        handle = session.avatar_handle(path, context)
+        rig = client.rig(handle)
+        meta = client.request("load_avatar", path=path)
+        name = meta.get("name") or os.path.basename(path)
+        if name == "template":
+            name = os.path.basename(path)
+        if context.object is not None and context.object.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        arm = build_rig(context, name, rig, path)
+        for obj in context.selected_objects:
+            obj.select_set(False)
+        arm.select_set(True)
+        context.view_layer.objects.active = arm
+        self.report({"INFO"}, f"added {name}: {meta['num_gaussians']:,} Gaussians on {rig['body_model']['name']}")
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_import_ply(_Reporting, bpy.types.Operator):
+    """Import a 3DGS .ply as a static Gaussian object that renders together with avatars"""
+
+    bl_idname = "dreamwaltz.import_ply"
+    bl_label = "Import Gaussian PLY"
+    bl_options = {"REGISTER", "UNDO"}
+    filepath: StringProperty(name="PLY File", subtype="FILE_PATH")  # type: ignore[valid-type]
+    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
+    y_up: BoolProperty(name="Y Up", default=True,  # type: ignore[valid-type]
+                       description="The file is Y-up (as DreamWaltz exports); rotate it to Blender's Z-up")
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def apply(self, context: Any) -> set[str]:
+        import math
+
+        path = bpy.path.abspath(self.filepath)
+        reply = session.client(context).request("load_ply", path=path)
+        lo, hi = reply["bounds"]["min"], reply["bounds"]["max"]
+        corners = [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+        edges = [(0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7)]
+        name = os.path.splitext(os.path.basename(path))[0]
+        mesh = bpy.data.meshes.new(name)
+        mesh.from_pydata(corners, edges, [])
+        obj = bpy.data.objects.new(name, mesh)
+        obj[OBJECT_KEY] = path
+        obj["dreamwaltz_gaussians"] = int(reply["num_gaussians"])
+        if self.y_up:
+            obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
+        context.collection.objects.link(obj)
+        self.report({"INFO"}, f"imported {reply['num_gaussians']:,} Gaussians from {os.path.basename(path)}")
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_import_motion(_Reporting, bpy.types.Operator):
+    """Import motion (AMASS, AIST++, Motion-X, TalkSHOW, DreamWaltz-G, ReEnact, TRAM) onto the active avatar"""
+
+    bl_idname = "dreamwaltz.import_motion"
+    bl_label = "Import Motion"
+    bl_options = {"REGISTER", "UNDO"}
+    filepath: StringProperty(name="Motion File", subtype="FILE_PATH")  # type: ignore[valid-type]
+    target_fps: FloatProperty(name="Target FPS", default=0.0, min=0.0,  # type: ignore[valid-type]
+                              description="Resample to this rate (0: the scene's frame rate)")
+    use_source_fps: BoolProperty(name="Use Source Rate", default=False,  # type: ignore[valid-type]
+                                 description="Set the scene to the motion's own frame rate instead of resampling")
+    frame_start: IntProperty(name="Start Frame", default=-1,  # type: ignore[valid-type]
+                             description="First frame of the motion (-1: the scene's start)")
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def apply(self, context: Any) -> set[str]:
+        from .motion_import import import_motion
+
+        arm = active_rig(context)
+        if arm is None:
+            raise ValueError("select an avatar rig first (Add Avatar creates one)")
+        start = None if self.frame_start < 0 else self.frame_start
+        motion = import_motion(context, arm, bpy.path.abspath(self.filepath), self.target_fps,
+                               self.use_source_fps, start)
+        self.report({"INFO"}, f"imported {motion['num_frames']} frames ({motion['format']}, "
+                              f"{motion['source_fps']:g} -> {motion['fps']:g} fps)")
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_setup_plate(_Reporting, bpy.types.Operator):
+    """Put a video or image sequence behind the avatars: camera background and compositor"""
+
+    bl_idname = "dreamwaltz.setup_plate"
+    bl_label = "Set Up Plate"
+    bl_options = {"REGISTER", "UNDO"}
+    filepath: StringProperty(name="Plate", subtype="FILE_PATH")  # type: ignore[valid-type]
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def apply(self, context: Any) -> set[str]:
+        from .compositing import setup_plate
+
+        clip = setup_plate(context.scene, bpy.path.abspath(self.filepath))
+        self.report({"INFO"}, f"plate {clip.name}: {clip.size[0]}x{clip.size[1]}, {clip.frame_duration} frames")
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_import_reenactment(_Reporting, bpy.types.Operator):
+    """A ready shot from a Motion-X-ReEnact clip or a TRAM result: camera, motion and plate"""
+
+    bl_idname = "dreamwaltz.import_reenactment"
+    bl_label = "Import Reenactment Shot"
+    bl_options = {"REGISTER", "UNDO"}
+    filepath: StringProperty(name="Clip JSON or TRAM Folder", subtype="FILE_PATH")  # type: ignore[valid-type]
+    plate: StringProperty(name="Plate (inpainted video)", subtype="FILE_PATH")  # type: ignore[valid-type]
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def apply(self, context: Any) -> set[str]:
+        from .motion_import import import_reenactment
+
+        arm = active_rig(context)
+        if arm is None:
+            raise ValueError("select an avatar rig first (Add Avatar creates one)")
+        plate = bpy.path.abspath(self.plate) if self.plate else None
+        motion = import_reenactment(context, arm, bpy.path.abspath(self.filepath), plate)
+        self.report({"INFO"}, f"reenactment shot: {motion['num_frames']} frames with a keyed camera")
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_use_engine(bpy.types.Operator):
+    """Render this scene with the DreamWaltz engine"""
+
+    bl_idname = "dreamwaltz.use_engine"
+    bl_label = "Use DreamWaltz Renderer"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: Any) -> set[str]:
+        context.scene.render.engine = "DREAMWALTZ"
+        context.view_layer.use_pass_z = True
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_restart_backend(bpy.types.Operator):
+    """Stop the backend process; the next action starts a fresh one"""
+
+    bl_idname = "dreamwaltz.restart_backend"
+    bl_label = "Restart Backend"
+
+    def execute(self, context: Any) -> set[str]:
+        session.shutdown()
+        return {"FINISHED"}
+
+
+CLASSES = (DREAMWALTZ_OT_add_avatar, DREAMWALTZ_OT_import_ply, DREAMWALTZ_OT_import_motion,
+           DREAMWALTZ_OT_setup_plate, DREAMWALTZ_OT_import_reenactment, DREAMWALTZ_OT_use_engine,
+           DREAMWALTZ_OT_restart_backend)
+__all__ = ["CLASSES", "active_rig", "AVATAR_KEY"]

@@ -1,0 +1,73 @@
+"""The "DreamWaltz" tab in the 3D viewport's sidebar: Avatar, Motion, Render & Composite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+from . import session
+from .operators import active_rig
+from .rig import AVATAR_KEY, EXPRESSION_KEY
+
+
+class _Tab:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DreamWaltz"
+
+
+class DREAMWALTZ_PT_avatar(_Tab, bpy.types.Panel):
+    bl_label = "Avatar"
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        layout.operator("dreamwaltz.add_avatar", icon="ARMATURE_DATA")
+        layout.operator("dreamwaltz.import_ply", icon="POINTCLOUD_DATA")
+        arm = active_rig(context)
+        if arm is None:
+            layout.label(text="No avatar selected", icon="INFO")
+            return
+        box = layout.box()
+        box.label(text=arm.name, icon="OUTLINER_OB_ARMATURE")
+        box.label(text=str(arm[AVATAR_KEY]))
+        if EXPRESSION_KEY in arm:
+            box.label(text="Expression")
+            col = box.column(align=True)
+            for i in range(len(arm[EXPRESSION_KEY])):
+                col.prop(arm, f'["{EXPRESSION_KEY}"]', index=i, text=f"{i}")
+
+
+class DREAMWALTZ_PT_motion(_Tab, bpy.types.Panel):
+    bl_label = "Motion"
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        layout.enabled = active_rig(context) is not None
+        layout.operator("dreamwaltz.import_motion", icon="ACTION")
+        scene = context.scene
+        layout.label(text=f"Scene: {scene.render.fps / scene.render.fps_base:.3g} fps, "
+                          f"frames {scene.frame_start}-{scene.frame_end}")
+
+
+class DREAMWALTZ_PT_render(_Tab, bpy.types.Panel):
+    bl_label = "Render & Composite"
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        if context.scene.render.engine != "DREAMWALTZ":
+            layout.operator("dreamwaltz.use_engine", icon="RENDER_STILL")
+        layout.operator("dreamwaltz.setup_plate", icon="FILE_MOVIE")
+        layout.operator("dreamwaltz.import_reenactment", icon="CAMERA_DATA")
+        client = session._state["client"]
+        box = layout.box()
+        if client is not None and client.hello:
+            box.label(text=f"Backend: {client.hello.get('rasterizer', '?')} rasterizer on "
+                           f"{client.hello.get('device', {}).get('name', '?')}")
+            box.label(text=f"Python: {client.python} ({client.python_source})")
+        else:
+            box.label(text="Backend: starts with the first action")
+        box.operator("dreamwaltz.restart_backend", icon="FILE_REFRESH")
+
+
+CLASSES = (DREAMWALTZ_PT_avatar, DREAMWALTZ_PT_motion, DREAMWALTZ_PT_render)

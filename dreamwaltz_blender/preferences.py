@@ -1,0 +1,44 @@
+"""Add-on preferences: which Python runs the backend, the device, and where models live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+
+def _package() -> str:
+    return __package__ or "dreamwaltz_blender"
+
+
+class DreamWaltzPreferences(bpy.types.AddonPreferences):
+    bl_idname = _package()
+
+    python: StringProperty(  # type: ignore[valid-type]
+        name="Backend Python", subtype="FILE_PATH",
+        description="An interpreter with torch for the backend (empty: $DREAMWALTZ_PYTHON, the set-up "
+                    "environment, else Blender's own Python)")
+    device: EnumProperty(  # type: ignore[valid-type]
+        name="Device", items=[("auto", "Automatic", "CUDA when available"), ("cuda", "CUDA", ""), ("cpu", "CPU", "")])
+    smplx_file: StringProperty(  # type: ignore[valid-type]
+        name="SMPL-X File", subtype="FILE_PATH",
+        description="Your licensed SMPLX_NEUTRAL_2020.npz (empty: the open template, a procedural mannequin)")
+    sd_model: StringProperty(  # type: ignore[valid-type]
+        name="Stable Diffusion 1.5", default="runwayml/stable-diffusion-v1-5",
+        description="A local diffusers folder or a Hugging Face id")
+    controlnet: StringProperty(  # type: ignore[valid-type]
+        name="OpenPose ControlNet", default="lllyasviel/control_v11p_sd15_openpose",
+        description="A local diffusers folder or a Hugging Face id")
+    cache_dir: StringProperty(  # type: ignore[valid-type]
+        name="Cache Folder", subtype="DIR_PATH",
+        description="Where generated models and checkpoints go (empty: the extension's user folder)")
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        col = layout.column()
+        for name in ("python", "device", "smplx_file", "sd_model", "controlnet", "cache_dir"):
+            col.prop(self, name)
+
+
+CLASSES = (DreamWaltzPreferences,)

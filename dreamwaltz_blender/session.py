@@ -1,0 +1,72 @@
+"""The Blender session's backend: one client, started lazily, and the handles it has given out.
+
+Blender needs this state to outlive operators and renders (a render engine is re-created per
+render); it lives here, in one place, and `shutdown()` clears it when the add-on unregisters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .client import BackendClient
+
+_state: dict[str, Any] = {"client": None, "avatars": {}, "objects": {}, "settings": None}
+
+
+def _settings(context: Any) -> tuple:
+    prefs = addon_preferences(context)
+    if prefs is None:
+        return (None, None, None)
+    return (prefs.python or None, prefs.device if prefs.device != "auto" else None, prefs.smplx_file or None)
+
+
+def addon_preferences(context: Any) -> Any:
+    from . import __package__ as package
+
+    addon = context.preferences.addons.get(package) if context is not None else None
+    return addon.preferences if addon is not None else None
+
+
+def client(context: Any = None) -> BackendClient:
+    """The backend client for the current preferences (a new one if they changed)."""
+    import bpy
+
+    context = context or bpy.context
+    settings = _settings(context)
+    current = _state["client"]
+    if current is not None and _state["settings"] != settings:
+        shutdown()
+        current = None
+    if current is None:
+        python, device, smplx = settings
+        env = {"DREAMWALTZ_CACHE": os.environ["DREAMWALTZ_CACHE"]} if "DREAMWALTZ_CACHE" in os.environ else None
+        current = BackendClient(python, device=device, smplx=smplx, env=env)
+        _state.update(client=current, settings=settings, avatars={}, objects={})
+    return current
+
+
+def _handle(kind: str, op: str, field: str, path: str, context: Any = None) -> int:
+    c = client(context)
+    key = (c.generation, os.path.abspath(path))
+    table = _state[kind]
+    if key not in table or not c.alive:
+        reply = c.request(op, path=path)
+        table[(c.generation, os.path.abspath(path))] = int(reply[field])
+        return int(reply[field])
+    return table[key]
+
+
+def avatar_handle(path: str, context: Any = None) -> int:
+    return _handle("avatars", "load_avatar", "avatar", path, context)
+
+
+def object_handle(path: str, context: Any = None) -> int:
+    return _handle("objects", "load_ply", "object", path, context)
+
+
+def shutdown() -> None:
+    current = _state["client"]
+    _state.update(client=None, avatars={}, objects={}, settings=None)
+    if current is not None:
+        current.close()
