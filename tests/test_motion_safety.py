@@ -226,3 +226,18 @@ def test_importing_the_package_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_numpy2_spellings_are_admitted():
+    """Pickles written by numpy 2 name numpy._core.multiarray; they must load on numpy 1.x too."""
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for protocol in (0, 2, 4):
+        data = pickle.dumps({"a": arr, "s": np.float64(2.5)}, protocol=protocol)
+        if protocol < 4:     # GLOBAL opcode: newline-terminated text
+            data2 = data.replace(b"numpy.core.multiarray", b"numpy._core.multiarray")
+        else:                # SHORT_BINUNICODE: length-prefixed
+            data2 = data.replace(b"\x8c\x15numpy.core.multiarray", b"\x8c\x16numpy._core.multiarray")
+        assert data2 != data
+        out = safe_loads(data2)
+        np.testing.assert_array_equal(out["a"], arr)
+        assert out["s"] == 2.5

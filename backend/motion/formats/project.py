@@ -8,6 +8,10 @@ is a camera; ``betas`` and ``gender`` only when known. Everything is a plain arr
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -25,8 +29,6 @@ def is_project(keys) -> bool:
 
 def save(motion: Motion, path) -> None:
     """Write atomically: a temp file in the same folder, then os.replace."""
-    from ...files import atomic_path
-
     motion.validate(path)
     arrays = {MARKER: np.int64(FORMAT_VERSION), "fps": np.float64(motion.fps),
               "source_format": np.str_(motion.source_format or ""),
@@ -45,8 +47,23 @@ def save(motion: Motion, path) -> None:
             arrays["camera_width"] = np.int64(cam.width)
         if cam.height is not None:
             arrays["camera_height"] = np.int64(cam.height)
-    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    _write_atomic(Path(path), arrays)
+
+
+def _write_atomic(path: Path, arrays: dict) -> None:
+    """The file appears whole or not at all (a crash leaves at most a hidden temp file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def load(path, ctx: LoadContext) -> Motion:
