@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .rig import EXPRESSION_KEY
+from .rig import EXPRESSION_KEY, ordered_pose_bones
 
 
 def axis_angle_to_quaternion(aa: np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ def key_motion(arm: Any, full_pose: np.ndarray, transl: np.ndarray, expression: 
     frames = frame_start + np.arange(n, dtype=np.float32)
     action, bag = _new_action(arm, name)
     quats = axis_angle_to_quaternion(np.asarray(full_pose, dtype=np.float64))
-    bones = arm.pose.bones
+    bones = ordered_pose_bones(arm)
     for j, pb in enumerate(bones):
         pb.rotation_mode = "QUATERNION"
         path = f'pose.bones["{pb.name}"].rotation_quaternion'

@@ -17,6 +17,7 @@ import numpy as np
 AVATAR_KEY = "dreamwaltz_avatar"          # object property: the avatar folder of a rig
 EXPRESSION_KEY = "expression"             # animatable array property on the rig object
 OBJECT_KEY = "dreamwaltz_ply"             # object property: the .ply of a static Gaussian object
+JOINTS_KEY = "dreamwaltz_joints"          # rig property: joint names in SMPL-X order, comma-separated
 Y_UP_TO_Z_UP = (math.pi / 2, 0.0, 0.0)    # rotation_euler of the armature object
 
 
@@ -41,6 +42,7 @@ def build_rig(context: Any, name: str, rig: dict, avatar_path: str) -> Any:
     arm.rotation_euler = Y_UP_TO_Z_UP
     arm[AVATAR_KEY] = avatar_path
     arm["dreamwaltz_num_betas"] = int(rig["num_betas"])
+    arm[JOINTS_KEY] = ",".join(rig["joint_names"])
     _add_bones(context, arm, rig["joint_names"], rig["parents"], rig["rest_joints"])
     for pb in arm.pose.bones:
         pb.rotation_mode = "QUATERNION"
@@ -114,19 +116,26 @@ def is_avatar_rig(obj: Any) -> bool:
     return obj is not None and obj.type == "ARMATURE" and AVATAR_KEY in obj
 
 
+def ordered_pose_bones(arm: Any) -> list[Any]:
+    """Pose bones in SMPL-X joint order (Blender lists bones in hierarchy order)."""
+    return [arm.pose.bones[name] for name in str(arm[JOINTS_KEY]).split(",")]
+
+
 def skinning_transforms(arm_eval: Any) -> np.ndarray:
     """(55, 4, 4) G_j = armature_world · pose_bone.matrix · bone.matrix_local⁻¹ (evaluated)."""
     world = np.array(arm_eval.matrix_world, dtype=np.float64)
-    out = np.empty((len(arm_eval.pose.bones), 4, 4))
-    for i, pb in enumerate(arm_eval.pose.bones):
+    bones = ordered_pose_bones(arm_eval)
+    out = np.empty((len(bones), 4, 4))
+    for i, pb in enumerate(bones):
         out[i] = world @ np.array(pb.matrix, dtype=np.float64) @ np.linalg.inv(np.array(pb.bone.matrix_local, dtype=np.float64))
     return out
 
 
 def local_rotations(arm_eval: Any) -> np.ndarray:
     """(55, 3, 3) each bone's rotation relative to its parent (for pose correctives)."""
-    out = np.empty((len(arm_eval.pose.bones), 3, 3))
-    for i, pb in enumerate(arm_eval.pose.bones):
+    bones = ordered_pose_bones(arm_eval)
+    out = np.empty((len(bones), 3, 3))
+    for i, pb in enumerate(bones):
         m = np.array(pb.matrix, dtype=np.float64)
         if pb.parent is not None:
             m = np.linalg.inv(np.array(pb.parent.matrix, dtype=np.float64)) @ m

@@ -379,6 +379,11 @@ class Server:
         write_ply(path, g.detach().cpu())
         return {"path": str(path.resolve()), "num_gaussians": len(g), "posed": posed}
 
+    def op_load_motion(self, msg: dict) -> dict:
+        from .motion_ops import load_motion_op
+
+        return load_motion_op(self.services, self.pool, msg)
+
     def op_release(self, msg: dict) -> dict:
         if msg.get("all"):
             return {"released": self.pool.release(None)}

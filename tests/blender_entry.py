@@ -1,0 +1,39 @@
+"""Runs one test script inside real Blender (the bpy module) with the add-on enabled.
+
+Usage: python tests/blender_entry.py SCRIPT RESULT_JSON. The script gets `result` (a dict it
+fills; written as JSON at the end) and `ROOT` in its globals. Kept out of the pytest process so
+that Blender and torch never share a process, as in real use.
+"""
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bpy  # noqa: E402  (bpy first: it puts Blender's own modules such as addon_utils on the path)
+import addon_utils  # noqa: E402
+
+script, out = sys.argv[1], sys.argv[2]
+result: dict = {}
+try:
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    mod = addon_utils.enable("dreamwaltz_blender", default_set=True, handle_error=None)
+    if mod is None:
+        raise RuntimeError("the add-on did not enable")
+    code = compile(Path(script).read_text(), script, "exec")
+    exec(code, {"result": result, "ROOT": ROOT, "bpy": bpy, "__name__": "__blender_test__"})
+    result.setdefault("ok", True)
+except BaseException:
+    result["ok"] = False
+    result["traceback"] = traceback.format_exc()
+finally:
+    try:
+        import dreamwaltz_blender.session as session
+
+        session.shutdown()
+    except Exception:
+        pass
+    Path(out).write_text(json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -1,0 +1,265 @@
+"""The add-on in real Blender (the bpy 5.0.1 wheel) with the real backend process.
+
+Each test runs a script in a Blender subprocess (tests/blender_entry.py) and checks what it
+reports against the backend computed here, independently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.body import JOINT_NAMES, PARENTS
+
+from .blender import run_blender
+from .conftest import data_dir
+
+MOTION_FILES = sorted(p for p in (data_dir() / "motions").rglob("*") if p.suffix in (".npz", ".npy", ".pkl")) \
+    if data_dir() else []
+
+
+def _quat(aa: np.ndarray) -> np.ndarray:
+    angle = np.linalg.norm(aa, axis=-1, keepdims=True)
+    s = np.where(angle > 1e-8, np.sin(angle / 2) / np.maximum(angle, 1e-12), 0.5)
+    return np.concatenate([np.cos(angle / 2), aa * s], axis=-1)
+
+
+def test_register_add_two_avatars_and_unregister(avatar_dir, body, tmp_path):
+    result = run_blender(f"""
+        import addon_utils
+        from dreamwaltz_blender import session
+        from dreamwaltz_blender.rig import JOINTS_KEY
+        result["registered"] = hasattr(bpy.types, "DREAMWALTZ_OT_add_avatar")
+        for _ in range(2):
+            assert bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r}) == {{"FINISHED"}}
+        arm = bpy.context.active_object
+        result["rigs"] = [o.name for o in bpy.data.objects if o.type == "ARMATURE"]
+        result["collections"] = [c.name for c in bpy.context.scene.collection.children]
+        names = arm[JOINTS_KEY].split(",")
+        result["names"] = names
+        result["parents"] = [names.index(arm.data.bones[n].parent.name) if arm.data.bones[n].parent else -1 for n in names]
+        result["heads"] = [list(arm.data.bones[n].head_local) for n in names]
+        result["rest_rotations_identity"] = all(
+            (abs(__import__("numpy").array(arm.data.bones[n].matrix_local)[:3, :3] - __import__("numpy").eye(3)).max() < 1e-6)
+            for n in names)
+        proxy = [c for c in arm.children if c.type == "MESH"][0]
+        result["proxy"] = dict(verts=len(proxy.data.vertices), groups=len(proxy.vertex_groups),
+                               modifier=proxy.modifiers[0].type, target=proxy.modifiers[0].object.name == arm.name)
+        result["expression"] = len(arm["expression"])
+        pid = session.client().pid
+        addon_utils.disable("dreamwaltz_blender", default_set=True)
+        result["unregistered"] = not hasattr(bpy.types, "DREAMWALTZ_OT_add_avatar")
+        import os
+        try:
+            os.kill(pid, 0)
+            result["backend_alive_after"] = True
+        except OSError:
+            result["backend_alive_after"] = False
+    """, tmp_path)
+    assert result["registered"] and result["unregistered"]
+    assert not result["backend_alive_after"], "unregistering stops the backend"
+    assert len(result["rigs"]) == 2 and len(result["collections"]) == 2
+    assert result["names"] == list(JOINT_NAMES)
+    assert result["parents"] == list(PARENTS)
+    assert result["rest_rotations_identity"], "every bone's rest frame is the SMPL-X model frame"
+    np.testing.assert_allclose(result["heads"], body.rest_joints().numpy(), atol=1e-5)
+    assert result["proxy"] == dict(verts=body.num_vertices, groups=55, modifier="ARMATURE", target=True)
+    assert result["expression"] == body.num_expression
+
+
+def test_add_avatar_reports_a_bad_folder(tmp_path):
+    result = run_blender(f"""
+        try:
+            bpy.ops.dreamwaltz.add_avatar(filepath={str(tmp_path / "nothing")!r})
+            result["raised"] = False
+        except RuntimeError as exc:
+            result["raised"] = str(exc)
+        result["objects"] = len(bpy.data.objects)
+    """, tmp_path)
+    assert "does not exist" in result["raised"]
+    assert result["objects"] == 0
+
+
+@pytest.mark.skipif(not MOTION_FILES, reason="the real motion files (../shared/data) are not on this machine")
+def test_every_real_motion_imports_with_the_right_rotations(avatar_dir, body, tmp_path):
+    from backend.motion import load_motion
+
+    files = [str(p) for p in MOTION_FILES]
+    result = run_blender(f"""
+        import numpy as np
+        from dreamwaltz_blender.rig import JOINTS_KEY
+        bpy.context.scene.render.fps = 24
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+        arm = bpy.context.active_object
+        names = arm[JOINTS_KEY].split(",")
+        out = {{}}
+        for path in {files!r}:
+            assert bpy.ops.dreamwaltz.import_motion(filepath=path) == {{"FINISHED"}}, path
+            scene = bpy.context.scene
+            n = scene.frame_end - scene.frame_start + 1
+            frames = sorted({{0, n // 3, n - 1}})
+            quats, locs = [], []
+            for f in frames:
+                scene.frame_set(scene.frame_start + f)
+                quats.append([list(arm.pose.bones[b].rotation_quaternion) for b in names])
+                locs.append(list(arm.pose.bones["pelvis"].location))
+            out[path] = dict(n=n, frames=frames, quats=quats, locs=locs,
+                             action=arm.animation_data.action.name, layered=arm.animation_data.action.is_action_layered)
+        result["motions"] = out
+    """, tmp_path, timeout=900)
+    for path in files:
+        got = result["motions"][path]
+        motion = load_motion(path, body_model=body).resample(24.0)
+        assert got["n"] == motion.num_frames, path
+        assert got["layered"]
+        expected = _quat(motion.full_pose[got["frames"]].astype(np.float64))
+        dots = np.abs(np.sum(np.asarray(got["quats"]) * expected, axis=-1))
+        assert dots.min() > 0.9999, f"{Path(path).name}: bone rotations differ (min |dot| {dots.min():.6f})"
+        np.testing.assert_allclose(got["locs"], motion.transl[got["frames"]], atol=1e-4, err_msg=path)
+
+
+def _plate(tmp_path: Path, width: int, height: int) -> Path:
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([(xx * 255 // width), (yy * 255 // height), np.full_like(xx, 90)], -1).astype(np.uint8)
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    for i in range(1, 4):
+        Image.fromarray(img).save(folder / f"plate_{i:04d}.png")
+    return folder / "plate_0001.png"
+
+
+def test_render_composites_the_avatar_over_the_plate(avatar_dir, tmp_path):
+    from PIL import Image
+
+    from backend.avatar import load_avatar, pose_with_transforms
+    from backend.render import Camera, rasterize
+
+    width, height = 160, 120
+    plate = _plate(tmp_path, width, height)
+    out = tmp_path / "frame.png"
+    result = run_blender(f"""
+        import numpy as np
+        from dreamwaltz_blender.camera import camera_to_opencv
+        from dreamwaltz_blender.rig import skinning_transforms
+        scene = bpy.context.scene
+        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+        scene.collection.objects.link(cam)
+        scene.camera = cam
+        cam.location = (0.3, -4.2, 0.1)
+        cam.rotation_euler = (1.5708, 0.0, 0.05)
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+        assert bpy.ops.dreamwaltz.setup_plate(filepath={str(plate)!r}) == {{"FINISHED"}}
+        bpy.ops.dreamwaltz.use_engine()
+        scene.render.image_settings.file_format = "PNG"
+        scene.render.image_settings.color_mode = "RGB"
+        scene.render.filepath = {str(out)!r}
+        bpy.ops.render.render(write_still=True)
+        dg = bpy.context.evaluated_depsgraph_get()
+        arm = bpy.context.active_object.evaluated_get(dg)
+        c = camera_to_opencv(scene, cam)
+        result.update(w2c=c.world_to_camera, K=c.K, transforms=skinning_transforms(arm),
+                      size=[scene.render.resolution_x, scene.render.resolution_y],
+                      transform=scene.view_settings.view_transform,
+                      group=scene.compositing_node_group.name)
+    """, tmp_path)
+    assert result["size"] == [width, height] and result["transform"] == "Standard"
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    plate_px = np.asarray(Image.open(plate).convert("RGB")).astype(int)
+    avatar = load_avatar(avatar_dir)
+    with torch.no_grad():
+        g = pose_with_transforms(avatar, np.asarray(result["transforms"]))
+        cam = Camera(np.asarray(result["w2c"]), np.asarray(result["K"]), width, height)
+        alpha = rasterize(g, cam, backend="torch").alpha[..., 0].numpy()
+    inside, outside = alpha > 0.98, alpha < 1e-3
+    assert inside.sum() > 200, "the avatar should cover part of the frame"
+    diff = np.abs(image - plate_px).max(-1)
+    assert diff[outside].max() <= 1, "where there is no avatar the plate passes unchanged"
+    assert (diff[inside] > 20).mean() > 0.95, "where the avatar is, the image differs from the plate"
+
+
+def test_camera_conversion_matches_blender_projection(tmp_path):
+    result = run_blender("""
+        import numpy as np
+        from bpy_extras.object_utils import world_to_camera_view
+        from mathutils import Vector
+        from dreamwaltz_blender.camera import camera_to_opencv, apply_opencv
+        scene = bpy.context.scene
+        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+        scene.collection.objects.link(cam)
+        rng = np.random.default_rng(0)
+        worst, worst_round = 0.0, 0.0
+        cases = [(1920, 1080, 1, 1, "AUTO"), (720, 1280, 1, 1, "AUTO"), (1000, 800, 2, 1, "VERTICAL"),
+                 (640, 480, 1, 3, "HORIZONTAL"), (333, 777, 1, 1, "VERTICAL"), (1280, 720, 1, 1, "AUTO")]
+        for k, (w, h, ax, ay, fit) in enumerate(cases):
+            r = scene.render
+            r.resolution_x, r.resolution_y, r.resolution_percentage = w, h, 50 if k == 2 else 100
+            r.pixel_aspect_x, r.pixel_aspect_y = ax, ay
+            cam.data.sensor_fit = fit
+            cam.data.lens = float(rng.uniform(18, 85))
+            cam.data.shift_x, cam.data.shift_y = rng.uniform(-0.3, 0.3, 2)
+            cam.location = tuple(rng.normal(0, 3, 3))
+            cam.rotation_euler = tuple(rng.uniform(-3, 3, 3))
+            bpy.context.view_layer.update()
+            c = camera_to_opencv(scene, cam)
+            pts = np.array(cam.matrix_world) @ np.c_[rng.uniform(-1, 1, (50, 2)) * 2, -rng.uniform(1, 10, 50), np.ones(50)].T
+            pts = pts[:3].T
+            ours = c.project(pts)
+            for p, o in zip(pts, ours):
+                v = world_to_camera_view(scene, cam, Vector(p))
+                worst = max(worst, abs(o[0] / c.width - v.x) * c.width, abs((1 - o[1] / c.height) - v.y) * c.height,
+                            abs(o[2] - v.z))
+            apply_opencv(cam, scene, c.world_to_camera, c.K, c.width, c.height)
+            bpy.context.view_layer.update()
+            back = camera_to_opencv(scene, cam)
+            worst_round = max(worst_round, abs(back.project(pts) - ours).max())
+        result.update(worst=worst, worst_round=worst_round)
+    """, tmp_path)
+    assert result["worst"] < 1e-2, f"projection differs from Blender's (float32) by {result['worst']} px"
+    assert result["worst_round"] < 1e-2, "a camera set from OpenCV form converts back to the same camera"
+
+
+@pytest.mark.skipif(not MOTION_FILES, reason="the real motion files (../shared/data) are not on this machine")
+def test_reenactment_shot_puts_the_pelvis_where_the_clip_camera_sees_it(avatar_dir, body, tmp_path):
+    from backend.motion import load_motion
+
+    from .test_motion_formats import clip, orbit_cameras, write_reenact
+
+    m = clip(body, frames=12)
+    w2c = orbit_cameras(m.transl.astype(float))
+    clip_path = tmp_path / "Dance_clip7.json"
+    write_reenact(clip_path, body, m.replace(betas=None), w2c)
+    plate = _plate(tmp_path, 1280, 720)
+    loaded = load_motion(clip_path, body_model=body)
+    joints = body.forward(betas=None, transl=loaded.transl,
+                          **{k: getattr(loaded, k).reshape(loaded.num_frames, -1) for k in
+                             ("global_orient", "body_pose")}).joints[:, 0].numpy()
+    cam = loaded.camera
+    p = np.einsum("nij,nj->ni", cam.world_to_camera, np.c_[joints, np.ones(len(joints))])[:, :3]
+    uv = np.einsum("nij,nj->ni", cam.K, p)
+    expected = uv[:, :2] / uv[:, 2:]
+    result = run_blender(f"""
+        from bpy_extras.object_utils import world_to_camera_view
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+        arm = bpy.context.active_object
+        assert bpy.ops.dreamwaltz.import_reenactment(filepath={str(clip_path)!r}, plate={str(plate)!r}) == {{"FINISHED"}}
+        scene = bpy.context.scene
+        pixels = []
+        for i in range({loaded.num_frames}):
+            scene.frame_set(scene.frame_start + i)
+            dg = bpy.context.evaluated_depsgraph_get()
+            a = arm.evaluated_get(dg)
+            head = a.matrix_world @ a.pose.bones["pelvis"].head
+            v = world_to_camera_view(scene, scene.camera.evaluated_get(dg), head)
+            pixels.append([v.x * scene.render.resolution_x, (1 - v.y) * scene.render.resolution_y])
+        result.update(pixels=pixels, size=[scene.render.resolution_x, scene.render.resolution_y],
+                      frames=[scene.frame_start, scene.frame_end], fps=scene.render.fps / scene.render.fps_base)
+    """, tmp_path)
+    assert result["size"] == [1280, 720]
+    assert result["frames"][1] - result["frames"][0] + 1 == loaded.num_frames
+    assert result["fps"] == pytest.approx(loaded.fps)
+    np.testing.assert_allclose(result["pixels"], expected, atol=0.5)
