@@ -280,8 +280,11 @@ def test_alpha_is_clamped_to_0999():
     assert float(rasterize(g, cam, backend="torch").alpha[8, 8, 0]) == pytest.approx(0.999, abs=1e-12)
 
 
-@pytest.mark.parametrize("tile_size,chunk", [(4, 1 << 18), (8, 1 << 18), (16, 1 << 18), (8, 200), (16, 300)])
-def test_matches_an_independent_brute_force_implementation(tile_size, chunk):
+@pytest.mark.parametrize("tile_size,chunk,segment", [
+    (4, 1 << 18, 32), (8, 1 << 18, 32), (16, 1 << 18, 32),  # defaults and tile sizes
+    (8, 1 << 18, 1), (16, 2000, 5), (8, 1 << 22, 100000),  # tiny segments and blocks, one segment
+])
+def test_matches_an_independent_brute_force_implementation(tile_size, chunk, segment):
     cam = odd_camera()
     g = random_scene(160, cam, seed=3)
     # a dense opaque stack so that some pixels hit the 1e-4 cut-off
@@ -291,7 +294,8 @@ def test_matches_an_independent_brute_force_implementation(tile_size, chunk):
     bg = [0.3, 0.1, 0.7]
     rgb, alpha, depth, done = brute_force(g, cam, bg, with_done=True)
     assert done.sum() >= 5, "scene should contain pixels that hit the cut-off"
-    out = rasterize_torch(g, cam, torch.tensor(bg, dtype=torch.float64), tile_size=tile_size, chunk_elems=chunk)
+    out = rasterize_torch(g, cam, torch.tensor(bg, dtype=torch.float64), tile_size=tile_size, chunk_elems=chunk,
+                          segment=segment)
     assert np.abs(out.rgb.numpy() - rgb).max() < 1e-9
     assert np.abs(out.alpha.numpy() - alpha).max() < 1e-9
     assert np.abs(out.depth.numpy() - depth).max() < 1e-7

@@ -24,16 +24,22 @@ It follows gsplat 1.5.3's classic pinhole path (``rasterization(..., rasterize_m
 Any pixel outside a Gaussian's box has alpha < 1/255 from it, so the tiling below is only
 a way to vectorise; the result does not depend on the tile size.
 
-Vectorised design: Gaussians are binned into square tiles by their boxes; the
-(tile, Gaussian) pairs are sorted by (tile, depth); tiles are grouped by how many
-Gaussians they hold (so padding is small) and each group is evaluated as a dense
-(tiles, gaussians, pixels) block: alphas, a cumulative product of (1 - alpha) along the
-Gaussian axis for the transmittance, the 1e-4 cut-off, and a batched matrix product of the
-weights with colour+depth. Blocks are bounded in size (``chunk_elems``) to bound memory;
-a tile with more Gaussians than fit one block is processed in segments that carry the
-transmittance forward. Every step is a differentiable torch op, so autograd gives
-gradients w.r.t. means, quats, scales, opacities and colors (the culling, boxes and order
-are piecewise constant, as in gsplat).
+Vectorised design: Gaussians are binned into square tiles (8x8 by default) by their boxes;
+the (tile, Gaussian) pairs are sorted by (tile, depth). Then, front to back, in depth
+segments of ``segment`` Gaussians per tile, all live tiles are evaluated as dense
+(tiles, Gaussians, pixels) blocks of at most ``chunk_elems`` entries: alphas, a cumulative
+product of (1 - alpha) along the Gaussian axis (times the transmittance carried from the
+earlier segments), the 1e-4 cut-off, and a batched matrix product of the weights with
+colour+depth. After each segment, tiles whose pixels have all terminated, or whose lists
+are exhausted, retire (gsplat's early exit, which matters for opaque scenes). Every step
+is a differentiable torch op, so autograd gives gradients w.r.t. means, quats, scales,
+opacities and colors (culling, boxes, order and cut-off are piecewise constant, as in
+gsplat); with autograd on, each block is checkpointed (recomputed in backward) to bound
+memory.
+
+Measured on this project's 2-core CPU VM (torch 2.13, float32, no grad): 20k Gaussians at
+512x512 take about 80 ms for an avatar-like scene and about 220 ms for a scene that covers
+the whole frame opaquely (see the helper's report; not asserted in tests).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .core import Camera, GaussianSet, RenderOutput
 
@@ -53,7 +60,12 @@ T_MIN = 1e-4
 EXTEND_MAX = 3.33
 
 DEFAULT_TILE = 8
-DEFAULT_CHUNK = 1 << 18  # entries (tile pixels x Gaussians) per dense block
+# entries (tile pixels x Gaussians) per dense block: cache-sized on CPU, larger on GPUs
+# where per-block launch and sync overhead dominates
+DEFAULT_CHUNK = 1 << 18
+DEFAULT_CHUNK_GPU = 1 << 22
+# Gaussians per tile evaluated before retiring tiles whose pixels have all terminated
+DEFAULT_SEGMENT = 32
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -180,11 +192,14 @@ def rasterize_torch(
     background: Tensor | None = None,
     *,
     tile_size: int = DEFAULT_TILE,
-    chunk_elems: int = DEFAULT_CHUNK,
+    chunk_elems: int | None = None,
+    segment: int = DEFAULT_SEGMENT,
 ) -> RenderOutput:
     """Render with the pure-PyTorch reference (see the module docstring for the math)."""
     g = gaussians
     device, dtype = g.means.device, g.means.dtype
+    if chunk_elems is None:
+        chunk_elems = DEFAULT_CHUNK if device.type == "cpu" else DEFAULT_CHUNK_GPU
     W, H = int(camera.width), int(camera.height)
     ts = int(tile_size)
     tw, th = -(-W // ts), -(-H // ts)
@@ -206,50 +221,67 @@ def rasterize_torch(
         with torch.no_grad():
             counts = torch.bincount(tile_of_pair, minlength=ntiles)
             starts = torch.cumsum(counts, 0) - counts
-            tile_order = torch.argsort(counts, descending=True)
-            tile_order = tile_order[counts[tile_order] > 0]
-            counts_sorted = counts[tile_order].tolist()
-            starts_sorted = starts[tile_order]
-            # pixel offsets inside a tile, row-major
+            # live tiles, most Gaussians first (so sub-blocks hold tiles of similar length)
+            active = torch.argsort(counts, descending=True)
+            active = active[counts[active] > 0]
+            # pixel centres inside a tile, row-major, +0.5 convention
             ly, lx = torch.meshgrid(torch.arange(ts, device=device), torch.arange(ts, device=device), indexing="ij")
             loc_x = lx.reshape(-1).to(dtype) + 0.5
             loc_y = ly.reshape(-1).to(dtype) + 0.5
+            n_pairs = g_of_pair.numel()
 
-        feat_blocks, w_blocks, tile_blocks = [], [], []
-        a = 0
-        nt_total = len(counts_sorted)
-        while a < nt_total:
-            L = counts_sorted[a]
-            nt = max(1, min(nt_total - a, chunk_elems // max(1, L * tpx)))
-            tiles = tile_order[a : a + nt]
+        done_tiles, done_feat, done_w = [], [], []
+        T_run = torch.ones(active.numel(), 1, tpx, device=device, dtype=dtype)
+        acc = wsum = None  # running colour+depth and weight sums of the active tiles
+        s0 = 0
+        # Front to back in depth segments of `segment` Gaussians per tile; after each
+        # segment, tiles whose pixels have all terminated (or whose list is done) retire
+        # and their sums are written out once (index_copy: index_add is very slow on CPU).
+        while active.numel() > 0:
             with torch.no_grad():
-                px = ((tiles % tw) * ts).to(dtype)[:, None, None] + loc_x  # (nt,1,tpx)
-                py = ((tiles // tw) * ts).to(dtype)[:, None, None] + loc_y
-            seg = max(1, chunk_elems // (nt * tpx)) if nt == 1 else L
-            T_run = torch.ones(nt, 1, tpx, device=device, dtype=dtype)
-            acc = wsum = None
-            for s0 in range(0, L, seg):
-                Ls = min(seg, L - s0)
+                remaining = (counts[active] - s0).tolist()  # non-increasing
+            T_parts, f_parts, w_parts = [], [], []
+            a = 0
+            n_act = len(remaining)
+            while a < n_act:
+                Ls = min(segment, remaining[a])
+                nt = max(1, min(n_act - a, chunk_elems // (Ls * tpx)))
+                tiles = active[a : a + nt]
                 with torch.no_grad():
+                    px = ((tiles % tw) * ts).to(dtype)[:, None, None] + loc_x  # (nt,1,tpx)
+                    py = ((tiles // tw) * ts).to(dtype)[:, None, None] + loc_y
                     ar = torch.arange(s0, s0 + Ls, device=device)
                     valid = ar[None, :] < counts[tiles][:, None]  # (nt,Ls)
-                    pidx = (starts_sorted[a : a + nt][:, None] + ar[None, :]).clamp_max(g_of_pair.numel() - 1)
+                    pidx = (starts[tiles][:, None] + ar[None, :]).clamp_max(n_pairs - 1)
                     gi = g_of_pair[pidx]  # (nt,Ls)
                 pg = params[gi]  # (nt,Ls,10)
-                blk_feat, blk_w, T_run = _composite_block(
-                    pg[..., 0:2], pg[..., 2:5], pg[..., 5], pg[..., 6:10], valid, px, py, T_run
-                )
-                acc = blk_feat if acc is None else acc + blk_feat
-                wsum = blk_w if wsum is None else wsum + blk_w
-                if s0 + Ls < L and not bool((T_run > T_MIN).any()):
-                    break  # every pixel of these tiles has terminated
-            feat_blocks.append(acc)
-            w_blocks.append(wsum[:, 0, :])
-            tile_blocks.append(tiles)
-            a += nt
-        tiles_all = torch.cat(tile_blocks)
-        out_feat = out_feat.index_copy(0, tiles_all, torch.cat(feat_blocks))
-        out_alpha = out_alpha.index_copy(0, tiles_all, torch.cat(w_blocks))
+                args = (pg[..., 0:2], pg[..., 2:5], pg[..., 5], pg[..., 6:10], valid, px, py, T_run[a : a + nt])
+                if pg.requires_grad:
+                    # recompute the block in backward instead of keeping its intermediates
+                    blk_feat, blk_w, T_new = checkpoint(_composite_block, *args, use_reentrant=False)
+                else:
+                    blk_feat, blk_w, T_new = _composite_block(*args)
+                f_parts.append(blk_feat)
+                w_parts.append(blk_w)
+                T_parts.append(T_new)
+                a += nt
+            cat = lambda xs: xs[0] if len(xs) == 1 else torch.cat(xs)  # noqa: E731
+            T_run = cat(T_parts)
+            acc = cat(f_parts) if acc is None else acc + cat(f_parts)
+            wsum = cat(w_parts) if wsum is None else wsum + cat(w_parts)
+            s0 += segment
+            with torch.no_grad():
+                alive = (counts[active] > s0) & (T_run > T_MIN).flatten(1).any(1)
+                keep = alive.nonzero().squeeze(1)
+                gone = (~alive).nonzero().squeeze(1)
+            if gone.numel():
+                done_tiles.append(active[gone])
+                done_feat.append(acc[gone])
+                done_w.append(wsum[gone])
+            active, T_run, acc, wsum = active[keep], T_run[keep], acc[keep], wsum[keep]
+        tiles_all = torch.cat(done_tiles)
+        out_feat = out_feat.index_copy(0, tiles_all, torch.cat(done_feat))
+        out_alpha = out_alpha.index_copy(0, tiles_all, torch.cat(done_w)[:, 0, :])
 
     def to_image(t: Tensor, ch: int) -> Tensor:
         t = t.reshape(th, tw, ts, ts, ch).permute(0, 2, 1, 3, 4).reshape(th * ts, tw * ts, ch)
