@@ -349,6 +349,14 @@ def test_gradients_reach_every_gaussian_parameter():
         assert float(grad.abs().sum()) > 0, name
 
 
+def test_backward_works_when_everything_is_culled():
+    g, cam = _grad_scene()
+    g.means.data[:, 2] = -1.0  # all behind the camera
+    out = rasterize(g, cam, backend="torch")
+    (out.rgb.sum() + out.alpha.sum()).backward()
+    assert float(g.means.grad.abs().sum()) == 0.0 and float(g.colors.grad.abs().sum()) == 0.0
+
+
 def test_gradients_agree_with_finite_differences():
     g, cam = _grad_scene()
     rng = np.random.default_rng(11)
