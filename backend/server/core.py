@@ -376,7 +376,7 @@ class Server:
         path = Path(msg["path"]).expanduser()
         if path.suffix.lower() != ".ply":
             raise P.ProtocolError(P.BAD_REQUEST, f"export_ply writes .ply files; got {path.name!r}")
-        write_ply(path, g.detach().cpu())
+        write_ply(path, g.detach().to("cpu"))
         return {"path": str(path.resolve()), "num_gaussians": len(g), "posed": posed}
 
     def op_load_motion(self, msg: dict) -> dict:
