@@ -490,3 +490,20 @@ def test_stray_prints_go_to_the_log(tmp_path):
     assert all(json.loads(line) for line in s.raw)
     time.sleep(0.2)
     assert any("plugin that prints" in line for line in s.stderr_lines)
+
+
+def test_load_motion(server, avatar, shared_data, tmp_path, body):
+    from backend.motion import load_motion
+
+    path = sorted((shared_data / "motions" / "amass_npz").glob("*.npz"))[0]
+    r = server.ok("load_motion", path=str(path), fps=24.0, avatar=avatar["avatar"])
+    ref = load_motion(path, body_model=body).resample(24.0)
+    assert r["num_frames"] == ref.num_frames and r["fps"] == 24.0 and r["has_camera"] is False
+    pose = read_array(r["arrays"]["full_pose"])
+    np.testing.assert_allclose(pose, ref.full_pose, atol=1e-5)
+    np.testing.assert_allclose(read_array(r["arrays"]["transl"]), ref.transl, atol=1e-5)
+    assert server.ok("release", slot="motion")["released"] == [r["block"]]
+    assert server.error("load_motion", path=str(tmp_path / "none.npz"))["code"] == "not_found"
+    (tmp_path / "junk.npz").write_bytes(b"not a motion at all")
+    assert server.error("load_motion", path=str(tmp_path / "junk.npz"))["code"] == "file_error"
+    assert server.error("load_motion", path=str(path), fps=-1)["code"] == "bad_request"

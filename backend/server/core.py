@@ -252,7 +252,7 @@ class Server:
 
     # ---- ops --------------------------------------------------------------------------------
     @classmethod
-    def op_names(cls) -> list[str]:
+    def list_ops(cls) -> list[str]:
         return sorted(name[3:] for name in dir(cls) if name.startswith("op_"))
 
     def op_hello(self, msg: dict) -> dict:
@@ -280,7 +280,7 @@ class Server:
                 "jobs": self.jobs.status(), "blocks": self.pool.describe(),
                 "requests_pending": self._requests.qsize(), "serving": self._current_op}
 
-    def op_shutdown(self, msg: dict) -> dict:  # handled in run(); listed here for op_names
+    def op_shutdown(self, msg: dict) -> dict:  # handled in run(); listed here for list_ops
         return {}
 
     def op_load_avatar(self, msg: dict) -> dict:

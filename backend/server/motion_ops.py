@@ -26,7 +26,7 @@ def load_motion_op(services: Any, pool: ShmPool, msg: dict) -> dict:
         source = load_motion(path, body_model=body)
         motion = source.resample(float(fps)) if fps else source
     except MotionError as exc:
-        raise P.ProtocolError(P.BAD_REQUEST, str(exc)) from exc
+        raise P.ProtocolError(P.FILE_ERROR, str(exc)) from exc
     n = motion.num_frames
     arrays = [("full_pose", "float32", (n, P.NUM_JOINTS, 3)), ("transl", "float32", (n, 3)),
               ("expression", "float32", (n, int(motion.expression.shape[1])))]
