@@ -91,6 +91,7 @@ FRAME_DTYPES = ("float32", "float16")
 RASTERIZERS = ("auto", "torch", "gsplat")
 NUM_JOINTS = 55
 MAX_IMAGE_SIDE = 16384
+MAX_PIXELS = 8192 * 8192
 SLOT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 MAX_SLOT_LEN = 32
 ARRAY_ALIGN = 64

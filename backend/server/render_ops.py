@@ -113,6 +113,8 @@ def render_frame(services: Services, pool: ShmPool, msg: dict) -> dict:
     for name, v in (("width", width), ("height", height)):
         if not 1 <= v <= P.MAX_IMAGE_SIDE:
             raise P.ProtocolError(P.BAD_REQUEST, f"{name} must be between 1 and {P.MAX_IMAGE_SIDE}; got {v}")
+    if width * height > P.MAX_PIXELS:
+        raise P.ProtocolError(P.BAD_REQUEST, f"{width}×{height} is more than the {P.MAX_PIXELS} pixels a frame may have")
     passes = msg.get("passes") or list(P.RENDER_PASSES)
     bad = [p for p in passes if p not in P.RENDER_PASSES]
     if bad or len(set(passes)) != len(passes):
