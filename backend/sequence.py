@@ -42,7 +42,7 @@ def clip_cameras(avatar: Avatar, motion: Motion, width: int, height: int, mode: 
     """One camera per frame: `front` looks at the clip from +Z, `orbit` circles it once."""
     if mode not in ("front", "orbit"):
         raise ValueError(f"unknown camera mode {mode!r}: use front or orbit")
-    joints = posed_joints(avatar, motion)
+    joints = posed_joints(avatar, motion).cpu()
     lo = joints.reshape(-1, 3).min(0).values.numpy() - 0.15
     hi = joints.reshape(-1, 3).max(0).values.numpy() + 0.15
     centre = 0.5 * (lo + hi)

@@ -67,7 +67,7 @@ def test_transforms_from_blender_equal_smplx_parameters(small_avatar, body):
     _, transforms = body.forward_kinematics(rot, body.rest_joints(small_avatar.betas), transl[None])
     b = pose_with_transforms(small_avatar, transforms[0], expression, rot[0])
     torch.testing.assert_close(a.means, b.means, atol=1e-5, rtol=0)
-    torch.testing.assert_close(a.quats, b.quats, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.quats, b.quats, atol=2e-4, rtol=0)  # float64 host FK vs float32 torch FK
 
 
 def test_a_rigid_turn_turns_positions_and_orientations(small_avatar):

@@ -64,6 +64,7 @@ class Avatar:
     free: FreeGaussians
     bound: BoundGaussians
     meta: AvatarMeta = dataclasses.field(default_factory=AvatarMeta)
+    cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_gaussians(self) -> int:

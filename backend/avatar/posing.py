@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from ..body.kinematics import rodrigues, skinning_transforms
 from ..render import GaussianSet
 from .gaussians import Avatar
 
@@ -43,13 +45,22 @@ def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ], -1)
 
 
-def _check_transforms(transforms: Any, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(transforms, dtype=torch.float32, device=device)
-    if t.shape != (55, 4, 4):
-        raise PoseError(f"skinning transforms must have shape (55, 4, 4); got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise PoseError("skinning transforms contain NaN or infinite values")
-    return t
+def _checked(value: Any, shape: tuple[int, ...] | None, name: str, device: torch.device) -> torch.Tensor:
+    """As a float32 tensor on `device`. Values from the host (numpy, CPU tensors: what users
+    and Blender send) are checked for shape and NaN/inf; CUDA tensors come from our own code
+    and are not checked, which would cost a GPU sync per frame."""
+    if torch.is_tensor(value) and value.is_cuda:
+        t = value.to(device=device, dtype=torch.float32)
+        if shape is not None and tuple(t.shape) != shape:
+            raise PoseError(f"{name} must have shape {shape}; got {tuple(t.shape)}")
+        return t
+    host = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float32)
+    if shape is not None and host.shape != shape:
+        raise PoseError(f"{name} must have shape {shape}; got {host.shape}")
+    if not np.isfinite(host).all():
+        raise PoseError(f"{name} contain NaN or infinite values" if name.endswith("s") else
+                        f"{name} contains NaN or infinite values")
+    return torch.from_numpy(host).to(device, non_blocking=True)
 
 
 def _split_scale(rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +71,7 @@ def _split_scale(rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def triangle_frames(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-triangle corners (M, 3, 3) and orthonormal frames (M, 3, 3) with columns edge,
-    bitangent, normal."""
+    bitangent, normal. `faces` (M, 3) are vertex indices."""
     tri = vertices[faces]
     e = tri[:, 1] - tri[:, 0]
     n = torch.linalg.cross(e, tri[:, 2] - tri[:, 0])
@@ -96,13 +107,26 @@ def _areas(tri: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.linalg.norm(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), dim=-1)
 
 
+def rest_state(avatar: Avatar) -> dict:
+    """What posing needs that depends only on the shape: rest joints (host, float64), rest
+    vertices, the vertex indices and rest areas of the triangles that carry Gaussians. Kept in
+    `avatar.cache`; recomputed when `avatar.betas` is replaced (shape editing)."""
+    cache = avatar.cache
+    if cache.get("betas") is not avatar.betas:
+        vertices = avatar.body.shaped_vertices(avatar.betas).detach()
+        faces = torch.as_tensor(avatar.body.faces, device=vertices.device)[avatar.bound.faces]
+        cache.clear()
+        cache.update(betas=avatar.betas, vertices=vertices, faces=faces, areas=_areas(vertices[faces]),
+                     joints=avatar.body.rest_joints(avatar.betas).detach().cpu().double().numpy())
+    return cache
+
+
 def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
     """Gaussians on posed triangles; offsets and sizes grow with the triangle (scaled rigs, stretch)."""
     bound = avatar.bound
-    faces = torch.as_tensor(avatar.body.faces, device=vertices.device)[bound.faces]
-    tri, frames = triangle_frames(vertices, faces)
-    rest_tri = avatar.body.shaped_vertices(avatar.betas)[faces]
-    k = (_areas(tri) / _areas(rest_tri).clamp_min(1e-12)).sqrt()[:, None]
+    rest = rest_state(avatar)
+    tri, frames = triangle_frames(vertices, rest["faces"])
+    k = (_areas(tri) / rest["areas"].clamp_min(1e-12)).sqrt()[:, None]
     anchor = (bound.barycentric[:, :, None] * tri).sum(1)
     means = anchor + k * (frames @ bound.offsets[:, :, None])[..., 0]
     return GaussianSet(
@@ -118,36 +142,56 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
                          local_rotations: Any = None) -> GaussianSet:
     """World-space Gaussians for skinning transforms G_j (55, 4, 4); expression values and the
     joints' local rotations (55, 3, 3, for pose correctives) are optional."""
-    t = _check_transforms(transforms, avatar.device)
+    device = avatar.device
+    t = _checked(transforms, (55, 4, 4), "skinning transforms", device)
     parts = []
     if len(avatar.free):
         parts.append(pose_free(avatar, t))
     if len(avatar.bound):
-        rots = None
-        if local_rotations is not None:
-            rots = torch.as_tensor(local_rotations, dtype=torch.float32, device=avatar.device)[None]
+        rots = None if local_rotations is None else \
+            _checked(local_rotations, (55, 3, 3), "local rotations", device)[None]
         if expression is not None:
-            expression = torch.as_tensor(expression, dtype=torch.float32, device=avatar.device).reshape(1, -1)
-            if not torch.isfinite(expression).all():
-                raise PoseError("expression values contain NaN or infinite values")
-        verts = avatar.body.pose_vertices(t[None], avatar.betas, expression, rots)[0]
+            expression = _checked(expression, None, "expression values", device).reshape(1, -1)
+        verts = avatar.body.pose_vertices(t[None], avatar.betas, expression, rots,
+                                          shaped=rest_state(avatar)["vertices"])[0]
         parts.append(pose_bound(avatar, verts))
     return GaussianSet.concat(parts)
+
+
+POSE_PARTS = (("global_orient", 1), ("body_pose", 21), ("jaw_pose", 1), ("leye_pose", 1),
+              ("reye_pose", 1), ("left_hand_pose", 15), ("right_hand_pose", 15))
+
+
+def full_pose_host(params: dict[str, Any]) -> np.ndarray:
+    """(55, 3) axis-angles on the host from SMPL-X's named parameters (missing = zero)."""
+    chunks = []
+    for name, joints in POSE_PARTS:
+        value = params.get(name)
+        if value is None:
+            chunks.append(np.zeros((joints, 3)))
+            continue
+        host = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float64)
+        if host.size != joints * 3:
+            raise PoseError(f"{name} must hold {joints * 3} values; got {host.size}")
+        if not np.isfinite(host).all():
+            raise PoseError(f"{name} contains NaN or infinite values")
+        chunks.append(host.reshape(joints, 3))
+    return np.concatenate(chunks)
 
 
 def pose_with_params(avatar: Avatar, **params: Any) -> GaussianSet:
     """World-space Gaussians for one frame of SMPL-X pose parameters (global_orient, body_pose,
     hands as full axis-angles, jaw_pose, leye_pose, reye_pose, expression, transl)."""
-    body = avatar.body
     expression = params.pop("expression", None)
     transl = params.pop("transl", None)
-    full = body.full_pose(1, **params)
-    rotations = body.local_rotations(full)
+    unknown = set(params) - {name for name, _ in POSE_PARTS}
+    if unknown:
+        raise PoseError(f"unknown pose parameters: {', '.join(sorted(unknown))}")
+    rotations = rodrigues(full_pose_host(params))
     t = None
     if transl is not None:
-        t = torch.as_tensor(transl, dtype=torch.float32, device=avatar.device).reshape(1, 3)
-        if not torch.isfinite(t).all():
+        t = np.asarray(transl.detach().cpu() if torch.is_tensor(transl) else transl, dtype=np.float64).reshape(3)
+        if not np.isfinite(t).all():
             raise PoseError("transl contains NaN or infinite values")
-    rest = body.rest_joints(avatar.betas)
-    _, transforms = body.forward_kinematics(rotations, rest, t)
-    return pose_with_transforms(avatar, transforms[0], expression, rotations[0])
+    _, transforms = skinning_transforms(rotations, rest_state(avatar)["joints"], t)
+    return pose_with_transforms(avatar, transforms, expression, rotations)

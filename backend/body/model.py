@@ -242,12 +242,13 @@ class BodyModel:
         return torch.cat(chunks, dim=1)
 
     def pose_vertices(self, transforms: torch.Tensor, betas: Any = None, expression: Any = None,
-                      local_rotations: torch.Tensor | None = None) -> torch.Tensor:
+                      local_rotations: torch.Tensor | None = None, shaped: torch.Tensor | None = None) -> torch.Tensor:
         """Posed vertices (B, V, 3) from skinning transforms; pose correctives need the local
-        rotations (without them the rest-pose surface is skinned as is)."""
+        rotations (without them the rest-pose surface is skinned as is). `shaped` passes
+        precomputed rest vertices for `betas`."""
         m = self._smplx
         batch = transforms.shape[0]
-        v = self.shaped_vertices(betas)[None].expand(batch, -1, -1)
+        v = (self.shaped_vertices(betas) if shaped is None else shaped)[None].expand(batch, -1, -1)
         if expression is not None:
             v = v + torch.einsum("vck,bk->bvc", m.expr_dirs, self._expression(expression, batch))
         if local_rotations is not None:
