@@ -1,0 +1,218 @@
+"""Score distillation sampling with Stable Diffusion 1.5 + an OpenPose ControlNet.
+
+For rendered images x (B views) and their skeleton images c: encode z = E(x) with the VAE
+encoder (with gradients), draw t in the scheduled range and noise eps, and ask the frozen UNet +
+ControlNet for the noise in z_t = sqrt(a_t) z + sqrt(1 - a_t) eps under classifier-free guidance:
+
+    eps_hat = eps_uncond + s (eps_cond - eps_uncond),   grad = w(t) (eps_hat - eps)
+
+The gradient is injected with the usual trick, loss = 0.5 ||z - sg(z - grad)||^2 / B, whose
+derivative with respect to z is exactly `grad`; it flows back through the encoder to the pixels
+and on to the Gaussians. The "unconditional" branch uses the negative prompt's embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .models import GuidanceModels
+
+VIEWS = ("front", "side", "back", "overhead")
+KINDS = ("body", "face", "hands")
+
+DEFAULT_NEGATIVE = ("blurry, low quality, low resolution, deformed, bad anatomy, extra limbs, "
+                    "missing limbs, cropped, shadow, watermark, text")
+
+DEFAULT_TEMPLATES = {
+    "body": "{prompt}, full body, {view} view",
+    "face": "a close-up of the face of {prompt}, {view} view",
+    "hands": "a close-up of the hands of {prompt}",
+}
+
+
+@dataclasses.dataclass
+class SDSConfig:
+    guidance_scale: float = 50.0
+    controlnet_scale: float = 1.0
+    negative_prompt: str = DEFAULT_NEGATIVE
+    view_prompts: bool = True                      # append front/side/back/overhead
+    t_range_start: tuple[float, float] = (0.02, 0.98)   # fractions of the training timesteps
+    t_range_end: tuple[float, float] = (0.02, 0.50)     # annealed towards this by the end
+    t_schedule: str = "linear"                     # "constant" | "linear" | "sqrt"
+    weighting: str = "sds"                         # "sds" (1 - a_t) | "uniform" | "alpha_sigma" (sqrt(a_t) (1 - a_t))
+    grad_clip: float | None = None                 # clip |grad| elementwise (latent space)
+    encoder: str = "vae"                           # "vae" | "tiny" (TAESD-style encoder, if loaded)
+    templates: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+
+    def __post_init__(self) -> None:
+        self.t_range_start = tuple(float(v) for v in self.t_range_start)
+        self.t_range_end = tuple(float(v) for v in self.t_range_end)
+        for name, (lo, hi) in (("t_range_start", self.t_range_start), ("t_range_end", self.t_range_end)):
+            if not (0.0 <= lo <= hi <= 1.0):
+                raise ValueError(f"{name} must satisfy 0 <= lo <= hi <= 1; got {(lo, hi)}")
+        if self.t_schedule not in ("constant", "linear", "sqrt"):
+            raise ValueError(f"t_schedule must be constant, linear or sqrt; got {self.t_schedule!r}")
+        if self.weighting not in ("sds", "uniform", "alpha_sigma"):
+            raise ValueError(f"weighting must be sds, uniform or alpha_sigma; got {self.weighting!r}")
+        if self.guidance_scale < 0:
+            raise ValueError("guidance_scale must be >= 0")
+
+
+def view_label(azimuth_deg: float, elevation_deg: float) -> str:
+    """front / side / back / overhead from the camera's azimuth (0 = in front of the body, the
+    direction it faces) and elevation (positive = above)."""
+    if elevation_deg > 60.0:
+        return "overhead"
+    a = abs((azimuth_deg + 180.0) % 360.0 - 180.0)
+    if a <= 45.0:
+        return "front"
+    if a >= 135.0:
+        return "back"
+    return "side"
+
+
+def _null_timer(name: str):
+    return contextlib.nullcontext()
+
+
+class SDSGuidance:
+    """SDS loss for a batch of rendered views (see the module docstring)."""
+
+    def __init__(self, models: GuidanceModels, prompt: str, config: SDSConfig | None = None,
+                 tiny_encoder: Any = None) -> None:
+        self.models = models
+        self.config = config or SDSConfig()
+        self.prompt = prompt
+        self.tiny_encoder = tiny_encoder
+        if self.config.encoder == "tiny" and tiny_encoder is None:
+            raise ValueError("encoder='tiny' needs a tiny encoder model (AutoencoderTiny)")
+        self._embeddings: dict[str, torch.Tensor] = {}
+        self.uncond = self._encode_text(self.config.negative_prompt)
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def prompt_text(self, kind: str, view: str) -> str:
+        template = self.config.templates.get(kind, "{prompt}")
+        if not self.config.view_prompts:
+            template = template.replace(", {view} view", "").replace("{view} view", "")
+        return template.format(prompt=self.prompt, view=view)
+
+    @torch.no_grad()
+    def _encode_text(self, text: str) -> torch.Tensor:
+        tok = self.models.tokenizer
+        ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.models.device)
+        return self.models.text_encoder(ids)[0][0].to(self.models.dtype)
+
+    def embedding(self, kind: str, view: str) -> torch.Tensor:
+        text = self.prompt_text(kind, view)
+        if text not in self._embeddings:
+            self._embeddings[text] = self._encode_text(text)
+        return self._embeddings[text]
+
+    # ---- schedule ----------------------------------------------------------------------------
+    def t_range(self, progress: float) -> tuple[int, int]:
+        """Integer timestep range [lo, hi] at training progress in [0, 1]."""
+        c = self.config
+        p = min(max(float(progress), 0.0), 1.0)
+        if c.t_schedule == "constant":
+            f = 0.0
+        elif c.t_schedule == "linear":
+            f = p
+        else:
+            f = math.sqrt(p)
+        lo = c.t_range_start[0] + f * (c.t_range_end[0] - c.t_range_start[0])
+        hi = c.t_range_start[1] + f * (c.t_range_end[1] - c.t_range_start[1])
+        T = self.models.num_train_timesteps
+        lo_i = int(round(lo * (T - 1)))
+        hi_i = max(lo_i, int(round(hi * (T - 1))))
+        return lo_i, hi_i
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        a = self.models.alphas_cumprod[t]
+        if self.config.weighting == "sds":
+            return 1.0 - a
+        if self.config.weighting == "alpha_sigma":
+            return torch.sqrt(a) * (1.0 - a)  # less weight at the noisiest t
+        return torch.ones_like(a)
+
+    # ---- encoding ------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] -> scaled latents (B,4,h,w), differentiable."""
+        m = self.models
+        size = m.image_size
+        x = images
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = (x * 2.0 - 1.0).to(m.dtype)
+        if self.config.encoder == "tiny":
+            enc = self.tiny_encoder
+            return enc.encode(x).latents * float(enc.config.scaling_factor)
+        vae = m.vae
+        h = vae.encoder(x)
+        if getattr(vae, "quant_conv", None) is not None:
+            h = vae.quant_conv(h)
+        mean = h[:, : h.shape[1] // 2]  # the posterior's mean (log-variance discarded)
+        return mean * float(vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def predict_noise(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                      control: torch.Tensor) -> torch.Tensor:
+        """CFG noise prediction with the ControlNet residuals."""
+        m = self.models
+        s = self.config.guidance_scale
+        b = noisy.shape[0]
+        if s == 1.0:
+            latent_in, t_in, emb, ctrl = noisy, t, cond, control
+        else:
+            latent_in = torch.cat([noisy, noisy])
+            t_in = torch.cat([t, t])
+            emb = torch.cat([cond, self.uncond[None].expand(b, -1, -1)])
+            ctrl = torch.cat([control, control])
+        down, mid = m.controlnet(latent_in, t_in, encoder_hidden_states=emb, controlnet_cond=ctrl,
+                                 conditioning_scale=float(self.config.controlnet_scale), return_dict=False)
+        eps = m.unet(latent_in, t_in, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                     mid_block_additional_residual=mid, return_dict=False)[0]
+        if s == 1.0:
+            return eps.float()
+        eps_c, eps_u = eps.float().chunk(2)
+        return eps_u + s * (eps_c - eps_u)
+
+    # ---- the loss ------------------------------------------------------------------------------
+    def __call__(self, images: torch.Tensor, control: torch.Tensor, prompts: list[tuple[str, str]],
+                 progress: float, generator: torch.Generator,
+                 timer: Callable[[str], Any] = _null_timer) -> tuple[torch.Tensor, dict[str, Any]]:
+        """images (B,3,H,W) in [0,1] (requires grad); control (B,3,H,W) skeleton images in [0,1];
+        prompts: (kind, view) per image. Returns (loss, info)."""
+        m = self.models
+        b = images.shape[0]
+        with timer("encode"):
+            latents = self.encode(images)
+        with timer("unet"):
+            lo, hi = self.t_range(progress)
+            gen_device = generator.device
+            t = torch.randint(lo, hi + 1, (b,), generator=generator, device=gen_device).to(m.device)
+            noise = torch.randn(latents.shape, generator=generator, device=gen_device,
+                                dtype=torch.float32).to(m.device)
+            a = m.alphas_cumprod[t].view(b, 1, 1, 1)
+            with torch.no_grad():
+                noisy = (a.sqrt() * latents.detach().float() + (1 - a).sqrt() * noise).to(m.dtype)
+                cond = torch.stack([self.embedding(k, v) for k, v in prompts])
+                size = m.image_size
+                ctrl = control
+                if ctrl.shape[-2:] != (size, size):
+                    ctrl = F.interpolate(ctrl, size=(size, size), mode="nearest")
+                eps_hat = self.predict_noise(noisy, t, cond, ctrl.to(m.dtype))
+                grad = self.weight(t).view(b, 1, 1, 1) * (eps_hat - noise)
+                grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+                if self.config.grad_clip:
+                    grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
+        target = (latents.float() - grad).detach()
+        loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum") / b
+        info = {"t": t, "t_range": (lo, hi), "grad": grad}
+        return loss, info

@@ -1,0 +1,185 @@
+"""One training configuration: stages, sampling, guidance, appearance, densification, job settings.
+
+Stages (fractions of the run's iterations):
+
+1. template   - Gaussians fitted to the body template: they are placed on the template's
+                surface analytically, then (with the hash-grid appearance, whose field starts
+                random) fitted photometrically to the template avatar under the training
+                cameras and poses; no diffusion;
+2. canonical  - SDS in the canonical (A-)pose and perturbations of it;
+3. posed      - SDS in random plausible poses (joint-limit sampling + a motion library),
+                so that the avatar holds up under animation; with expression control also
+                random expressions and jaw poses.
+
+A preset fixes the run length and Gaussian count; any field can be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from ..guidance.sds import SDSConfig
+from .appearance import HashGridConfig
+from .cameras import CameraConfig
+from .poses import PoseConfig
+from .skeleton import SkeletonConfig
+from .strategy import DensifyConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "draft": {"steps": 1200, "num_gaussians": 60_000},
+    "default": {"steps": 3000, "num_gaussians": 100_000},
+    "high": {"steps": 6000, "num_gaussians": 150_000},
+}
+
+# settings that may change when a run is resumed (where and how it runs, not what it computes)
+RUNTIME_FIELDS = ("sd_model", "controlnet", "allow_download", "device", "dtype", "rasterizer", "compile",
+                  "checkpoint_every", "preview_every", "time_budget", "log_every", "progress_every")
+
+
+@dataclasses.dataclass
+class LearningRates:
+    means: float = 2e-4            # free Gaussian centres (metres), decays to means * means_final
+    means_final: float = 0.1
+    offsets: float = 1e-4          # mesh-bound offsets
+    quats: float = 1e-3
+    log_scales: float = 5e-3
+    opacity: float = 5e-2
+    colors: float = 1e-2           # colour logits
+    hashgrid: float = 1e-2
+    mlp: float = 1e-3
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    prompt: str = ""
+    seed: int = 0
+    preset: str = "default"
+    steps: int | None = None              # iterations (each renders `views` images); None: preset
+    template_fraction: float | None = None   # None: 0.03 with the hash grid, 0 with colours
+    canonical_fraction: float = 0.5       # of the SDS iterations; the rest use random poses
+    views: int = 4
+    resolution: int = 512                 # render size; SDS resizes to the model's size if needed
+    num_gaussians: int | None = None      # at initialisation; None: preset
+    bound_fraction: float = 0.25          # share of mesh-bound Gaussians (hands, and face with expression)
+    expression: bool = False              # mesh-bound face + random expressions + face landmarks
+    appearance: str = "colors"            # colors | hashgrid
+    background: str = "random"            # random | white | black | grey
+    body_model: str | None = None
+    betas: list[float] | None = None
+    sds: SDSConfig = dataclasses.field(default_factory=SDSConfig)
+    cameras: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    poses: PoseConfig = dataclasses.field(default_factory=PoseConfig)
+    densify: DensifyConfig = dataclasses.field(default_factory=DensifyConfig)
+    skeleton: SkeletonConfig | None = None   # None: body + hands, face landmarks with expression
+    hashgrid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
+    lr: LearningRates = dataclasses.field(default_factory=LearningRates)
+    # runtime
+    sd_model: str | None = None
+    controlnet: str | None = None
+    allow_download: bool = False
+    device: str = "auto"
+    dtype: str = "auto"                   # diffusion precision: auto (fp16 on CUDA) | fp16 | bf16 | fp32
+    rasterizer: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = 250
+    preview_every: int = 100
+    time_budget: float | None = None      # seconds of training, over all sessions of the run
+    log_every: int = 50
+    progress_every: float = 0.5           # seconds between progress reports
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose {', '.join(PRESETS)}")
+        if self.appearance not in ("colors", "hashgrid"):
+            raise ValueError(f"appearance must be colors or hashgrid; got {self.appearance!r}")
+        if self.background not in ("random", "white", "black", "grey"):
+            raise ValueError(f"background must be random, white, black or grey; got {self.background!r}")
+        if self.views < 1:
+            raise ValueError("views must be >= 1")
+        if self.resolution < 16:
+            raise ValueError("resolution must be >= 16")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("steps must be >= 1")
+        if self.template_fraction is not None and not 0 <= self.template_fraction <= 1 \
+                or not 0 <= self.canonical_fraction <= 1:
+            raise ValueError("template_fraction and canonical_fraction must lie in [0, 1]")
+        for name, cls in _NESTED.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _build(cls, value))
+        if self.skeleton is None:
+            self.skeleton = SkeletonConfig(face=self.expression)
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.steps if self.steps is not None else PRESETS[self.preset]["steps"])
+
+    @property
+    def template_share(self) -> float:
+        """The template stage fits what the analytic initialisation cannot set: the hash-grid
+        field starts random and learns the template's colours there. Per-Gaussian colours start
+        equal to the template, so the stage has nothing to do and is skipped unless asked for."""
+        if self.template_fraction is not None:
+            return float(self.template_fraction)
+        return 0.03 if self.appearance == "hashgrid" else 0.0
+
+    @property
+    def initial_gaussians(self) -> int:
+        return int(self.num_gaussians if self.num_gaussians is not None else PRESETS[self.preset]["num_gaussians"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, data)
+
+    def same_run_as(self, other: "TrainConfig") -> list[str]:
+        """Names of the settings (not runtime ones) in which two configs differ."""
+        a, b = self.to_dict(), other.to_dict()
+        return sorted(k for k in a if k not in RUNTIME_FIELDS and json.dumps(a[k], sort_keys=True)
+                      != json.dumps(b.get(k), sort_keys=True))
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _NESTED.get(name) if cls is TrainConfig else None
+        if sub is not None and isinstance(value, dict):
+            value = _build(sub, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED = {"sds": SDSConfig, "cameras": CameraConfig, "poses": PoseConfig, "densify": DensifyConfig,
+           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "lr": LearningRates}
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """'90', '90s', '10m', '1.5h', '1h30m' -> seconds; None/'' -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = str(text).strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", s):
+            value = float(s)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
+            if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", s):
+                raise ValueError(f"cannot read the duration {text!r}; write e.g. 600, 90s, 10m, 1.5h or 1h30m")
+            value = sum(float(n) * {"h": 3600.0, "m": 60.0, "s": 1.0}[u] for n, u in parts)
+    if value <= 0:
+        raise ValueError(f"a duration must be positive; got {text!r}")
+    return value

@@ -1,0 +1,623 @@
+"""The training loop: skeleton-guided score distillation into the hybrid Gaussian avatar.
+
+One iteration: sample a pose (canonical, perturbed or random, by stage) and `views` cameras
+(full body, face or hand close-ups); pose the body model and the avatar with the same skinning
+transforms; render each view over a random background; draw the OpenPose skeleton of the same
+pose through the same camera; take the SDS loss of SD 1.5 + ControlNet (in the template stage
+instead: a photometric fit to the template avatar); backpropagate to the Gaussians (and the
+hash-grid field); step Adam; accumulate screen-space gradients and densify / prune the free
+Gaussians on schedule.
+
+`run_training(config, out_dir, progress_cb, should_cancel, resume)` does a whole run: it writes
+`config.json`, checkpoints (`checkpoints/last.pt`, atomically, every `checkpoint_every`
+iterations and when cancelled), `previews/latest.png`, and at the end the avatar folder
+`avatar/` (via `save_avatar`) and `train.json` (a summary); it returns the avatar folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..avatar import Avatar, AvatarMeta, BoundGaussians, FreeGaussians, pose_with_transforms, save_avatar
+from ..avatar.posing import triangle_frames
+from ..body import BodyModel
+from ..files import write_bytes_atomic, write_text_atomic
+from ..guidance import GuidanceModels, SDSGuidance, load_guidance_models
+from ..render import GaussianSet, rasterize
+from .appearance import ColorField
+from .cameras import CameraSampler, View, front_camera
+from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .poses import PoseSampler, to_torch
+from .skeleton import SkeletonRenderer
+from .stages import Schedule, template_avatar
+from .strategy import DensifyStrategy, ParamEditor, scene_scale_of
+
+log = logging.getLogger("backend.train")
+
+ProgressCallback = Callable[..., None]
+PHASES = ("sample", "render", "skeleton", "encode", "unet", "backward", "optim", "refine")
+BUDGET_PROBE_STEPS = 20
+EXPORT_RESERVE_S = 10.0
+
+
+class TrainingCancelled(Exception):
+    """The run was cancelled; a checkpoint was saved (resume continues from it)."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"cancelled at iteration {step}; checkpoint saved to {checkpoint}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class TrainingError(ValueError):
+    """A run that cannot start or continue (the message says why)."""
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase; with `sync`, waits for the GPU at each boundary so the
+    split is true (the benchmark); off, it costs nothing."""
+
+    def __init__(self, enabled: bool = False, sync: bool = False) -> None:
+        self.enabled, self.sync = enabled, sync
+        self.totals: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        if self.sync and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def reset(self) -> None:
+        self.totals.clear()
+        self.counts.clear()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("device cuda was asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _logit(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(1e-3, 1 - 1e-3)
+    return torch.log(x / (1 - x))
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:48] or "avatar"
+
+
+def _background(mode: str, rng: np.random.Generator) -> np.ndarray:
+    if mode == "random":
+        return rng.random(3)
+    return {"white": np.ones(3), "black": np.zeros(3), "grey": np.full(3, 0.5)}[mode]
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out_dir: str | Path | None = None,
+                 models: GuidanceModels | None = None, progress_cb: ProgressCallback | None = None,
+                 should_cancel: Callable[[], bool] | None = None, guidance: Callable[..., Any] | None = None,
+                 fixed_views: list[View] | None = None, timer: PhaseTimer | None = None) -> None:
+        """`guidance` replaces SDS (and the template fit) by any callable with SDS's signature
+        (images, controls, prompts, progress, generator, timer) -> (loss, info); `fixed_views`
+        replaces the camera sampler (both for tests and experiments)."""
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(config.device)
+        self.progress_cb = progress_cb
+        self.should_cancel = should_cancel or (lambda: False)
+        self.models = models
+        self.guidance_override = guidance
+        self.fixed_views = fixed_views
+        self.timer = timer or PhaseTimer()
+        self.sds: SDSGuidance | None = None
+        self._session_t0 = time.perf_counter()
+        self._elapsed_before = 0.0
+        self._budget_probe: tuple[int, float] | None = None
+        self._budget_planned = False
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_n = 0
+        self._last_report = 0.0
+        self._last_stage: str | None = None
+        self.history: list[dict[str, Any]] = []
+        self.preview_path: Path | None = None
+        self._init_state()
+
+    # ------------------------------------------------------------------------------------------
+    # state
+    # ------------------------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        c = self.config
+        self.body = BodyModel.load(c.body_model, self.device)
+        torch_gen = torch.Generator().manual_seed(int(c.seed))
+        self.rng = np.random.default_rng(int(c.seed))
+        self.torch_gen = torch_gen
+        avatar = template_avatar(self.body, c.initial_gaussians, c.seed, c.betas, c.bound_fraction, c.expression)
+        self.betas = avatar.betas.detach()
+        self.template = avatar  # the frozen reference of the template stage
+        rest = self.body.shaped_vertices(self.betas).detach()
+        self.rest_vertices = rest
+        self.scene_scale = scene_scale_of(rest)
+        f, b = avatar.free, avatar.bound
+        p = {
+            "free.means": f.means, "free.quats": f.quats, "free.log_scales": f.log_scales,
+            "free.opacity_logits": f.opacity_logits,
+            "bound.offsets": b.offsets, "bound.quats": b.quats, "bound.log_scales": b.log_scales,
+            "bound.opacity_logits": b.opacity_logits,
+        }
+        if c.appearance == "colors":
+            p["free.color_logits"] = _logit(f.colors)
+            p["bound.color_logits"] = _logit(b.colors)
+        self.params = {k: torch.nn.Parameter(v.detach().clone().float().contiguous()) for k, v in p.items()}
+        self.buffers = {"free.skin_joints": f.skin_joints.clone(), "free.skin_weights": f.skin_weights.clone(),
+                        "bound.faces": b.faces.clone(), "bound.barycentric": b.barycentric.clone()}
+        self.field: ColorField | None = None
+        if c.appearance == "hashgrid":
+            self.field = ColorField(c.hashgrid, rest.min(0).values, rest.max(0).values, self.device, seed=c.seed)
+        self.optimizer = self._make_optimizer()
+        self.editor = ParamEditor(self.params, self.buffers, self.optimizer)
+        self.strategy = DensifyStrategy(c.densify, self.scene_scale)
+        self.schedule = Schedule.create(c.total_steps, c.template_share, c.canonical_fraction)
+        self.step_index = 0
+        self.skeleton = SkeletonRenderer(self.body, c.skeleton)
+        self.cameras = CameraSampler(c.cameras, c.resolution, c.resolution)
+        self.poses = PoseSampler(c.poses, self.body.num_expression, c.expression)
+        self._body_faces = torch.as_tensor(self.body.faces, device=self.device)
+
+    def _lr_groups(self) -> list[dict[str, Any]]:
+        lr = self.config.lr
+        table = {"means": lr.means, "quats": lr.quats, "log_scales": lr.log_scales, "opacity_logits": lr.opacity,
+                 "color_logits": lr.colors, "offsets": lr.offsets}
+        groups = [{"params": [p], "lr": table[name.split(".", 1)[1]], "name": name} for name, p in self.params.items()]
+        if self.field is not None:
+            if self.field.backend == "tcnn":
+                groups.append({"params": list(self.field.parameters()), "lr": lr.hashgrid, "name": "field.net"})
+            else:
+                groups.append({"params": [self.field.encoding.embeddings], "lr": lr.hashgrid, "name": "field.grid"})
+                groups.append({"params": list(self.field.mlp.parameters()), "lr": lr.mlp, "name": "field.mlp"})
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        return groups
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        kw: dict[str, Any] = {"eps": 1e-15}
+        if self.device.type == "cuda":
+            kw["fused"] = True
+        return torch.optim.Adam(self._lr_groups(), **kw)
+
+    def _set_lrs(self, step: int) -> None:
+        lr = self.config.lr
+        frac = step / max(1, self.schedule.planned_total - 1)
+        for g in self.optimizer.param_groups:
+            if g["name"] == "free.means":
+                g["lr"] = g["base_lr"] * (lr.means_final ** frac)
+
+    # ------------------------------------------------------------------------------------------
+    # avatar views of the parameters
+    # ------------------------------------------------------------------------------------------
+    def bound_rest_positions(self) -> torch.Tensor:
+        faces = self._body_faces[self.buffers["bound.faces"]]
+        tri, frames = triangle_frames(self.rest_vertices, faces)
+        anchor = (self.buffers["bound.barycentric"][:, :, None] * tri).sum(1)
+        return anchor + (frames @ self.params["bound.offsets"][:, :, None])[..., 0]
+
+    def colors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.field is None:
+            return torch.sigmoid(self.params["free.color_logits"]), torch.sigmoid(self.params["bound.color_logits"])
+        return self.field(self.params["free.means"]), self.field(self.bound_rest_positions())
+
+    def avatar(self) -> Avatar:
+        """The current avatar (differentiable w.r.t. the parameters)."""
+        p, b = self.params, self.buffers
+        fc, bc = self.colors()
+        free = FreeGaussians(means=p["free.means"], quats=p["free.quats"], log_scales=p["free.log_scales"],
+                             opacity_logits=p["free.opacity_logits"], colors=fc,
+                             skin_joints=b["free.skin_joints"], skin_weights=b["free.skin_weights"])
+        bound = BoundGaussians(faces=b["bound.faces"], barycentric=b["bound.barycentric"], offsets=p["bound.offsets"],
+                               quats=p["bound.quats"], log_scales=p["bound.log_scales"],
+                               opacity_logits=p["bound.opacity_logits"], colors=bc)
+        return Avatar(body=self.body, betas=self.betas, free=free, bound=bound, meta=self._meta())
+
+    def learnable_tensors(self) -> dict[str, torch.Tensor]:
+        out = dict(self.params)
+        if self.field is not None:
+            out.update({f"field.{k}": v for k, v in self.field.named_parameters()})
+        return out
+
+    def _meta(self) -> AvatarMeta:
+        c = self.config
+        settings = {k: v for k, v in c.to_dict().items() if k not in ("sd_model", "controlnet")}
+        provenance = {"made_by": "backend train", "method": "skeleton-guided SDS (DreamWaltz-G style)",
+                      "iterations": self.step_index, "planned_iterations": self.schedule.planned_total,
+                      "training_seconds": round(self.elapsed, 1), "device": str(self.device),
+                      "appearance": c.appearance}
+        if self.models is not None:
+            provenance.update(self.models.sources)
+            provenance["diffusion_dtype"] = str(self.models.dtype).replace("torch.", "")
+        return AvatarMeta(name=_slug(c.prompt), prompt=c.prompt, seed=c.seed, settings=settings, provenance=provenance)
+
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed_before + (time.perf_counter() - self._session_t0)
+
+    # ------------------------------------------------------------------------------------------
+    # guidance
+    # ------------------------------------------------------------------------------------------
+    def ensure_guidance(self) -> None:
+        if self.guidance_override is not None or self.sds is not None:
+            return
+        if self.schedule.planned_total <= self.schedule.template_end:
+            return
+        c = self.config
+        if self.models is None:
+            self.models = load_guidance_models(c.sd_model, c.controlnet, self.device, c.dtype, c.allow_download)
+            if c.compile:
+                self.compile_models()
+        self.sds = SDSGuidance(self.models, c.prompt, c.sds)
+
+    def compile_models(self) -> None:
+        m = self.models
+        m.unet = torch.compile(m.unet)
+        m.controlnet = torch.compile(m.controlnet)
+        m.vae.encoder = torch.compile(m.vae.encoder)
+
+    # ------------------------------------------------------------------------------------------
+    # one iteration
+    # ------------------------------------------------------------------------------------------
+    def sample_pose(self, stage: str) -> dict[str, Any]:
+        mode = "random" if stage == "posed" else "canonical"
+        return self.poses.sample(self.rng, mode)
+
+    def pose_body(self, params: dict[str, Any]) -> dict[str, Any]:
+        t = to_torch(params, self.device)
+        expression = t.pop("expression", None)
+        with torch.no_grad():
+            out = self.body.forward(betas=self.betas, expression=expression, **t)
+            rotations = self.body.local_rotations(self.body.full_pose(1, **t))[0]
+        return {"vertices": out.vertices[0], "joints": out.joints[0], "transforms": out.transforms[0],
+                "rotations": rotations, "expression": expression}
+
+    def sample_views(self, posed: dict[str, Any], keypoints: torch.Tensor) -> list[View]:
+        if self.fixed_views is not None:
+            return list(self.fixed_views)
+        return [self.cameras.sample(self.rng, posed["vertices"], posed["joints"], posed["transforms"], keypoints)
+                for _ in range(self.config.views)]
+
+    def train_step(self) -> torch.Tensor:
+        """Run iteration `self.step_index` (without advancing it); returns the loss (a tensor)."""
+        c = self.config
+        step = self.step_index
+        stage = self.schedule.stage_at(step)
+        timer = self.timer
+        self._set_lrs(step)
+        with timer("sample"):
+            params = self.sample_pose(stage)
+            posed = self.pose_body(params)
+            keypoints = self.skeleton.keypoints(posed["vertices"], posed["joints"])
+            views = self.sample_views(posed, keypoints)
+            bgs = [torch.as_tensor(_background(c.background, self.rng), dtype=torch.float32, device=self.device)
+                   for _ in views]
+        with timer("render"):
+            gs = pose_with_transforms(self.avatar(), posed["transforms"], posed["expression"], posed["rotations"])
+            n_free = len(self.params["free.means"])
+            track = c.densify.enabled and stage != "template"
+            per_cam_means, images = [], []
+            for view, bg in zip(views, bgs):
+                means = gs.means + 0.0 if track else gs.means
+                if track and means.requires_grad:
+                    means.retain_grad()
+                per_cam_means.append(means)
+                g = GaussianSet(means=means, quats=gs.quats, scales=gs.scales, opacities=gs.opacities, colors=gs.colors)
+                out = rasterize(g, view.camera, backend=c.rasterizer, background=bg)
+                images.append(out.rgb.permute(2, 0, 1))
+            images_t = torch.stack(images)
+        if stage == "template" and self.guidance_override is None:
+            with timer("unet"):
+                loss = self._template_loss(posed, views, bgs, images_t)
+        else:
+            with timer("skeleton"):
+                controls = torch.stack([self.skeleton.render(posed["vertices"], posed["joints"], v.camera, keypoints)
+                                        for v in views])
+            prompts = [(v.kind, v.view) for v in views]
+            progress = self.schedule.sds_progress(step)
+            if self.guidance_override is not None:
+                loss, _ = self.guidance_override(images_t, controls, prompts, progress, self.torch_gen, timer)
+            else:
+                self.ensure_guidance()
+                loss, _ = self.sds(images_t, controls, prompts, progress, self.torch_gen, timer)
+        with timer("backward"):
+            loss.backward()
+        with timer("optim"):
+            if track:
+                self.strategy.accumulate([m.grad[:n_free] if m.grad is not None else None for m in per_cam_means],
+                                         [m.detach()[:n_free] for m in per_cam_means], [v.camera for v in views])
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        with timer("refine"):
+            report = self.strategy.refine(step, self.schedule.planned_total, self.editor, self.torch_gen)
+            if report:
+                log.info("iteration %d: densified (+%d duplicated, %d split, -%d pruned%s) -> %d free Gaussians",
+                         step + 1, report.duplicated, report.split, report.pruned,
+                         ", opacities reset" if report.reset else "", len(self.params["free.means"]))
+        loss = loss.detach()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._loss_n += 1
+        return loss
+
+    def _template_loss(self, posed: dict[str, Any], views: list[View], bgs: list[torch.Tensor],
+                       images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ref = pose_with_transforms(self.template, posed["transforms"], posed["expression"], posed["rotations"])
+            targets = [rasterize(ref, view.camera, backend=self.config.rasterizer, background=bg).rgb.permute(2, 0, 1)
+                       for view, bg in zip(views, bgs)]
+        return F.mse_loss(images, torch.stack(targets))  # random backgrounds make this fit alpha too
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step_index,
+            "schedule": self.schedule.state_dict(),
+            "elapsed": self.elapsed,
+            "config": self.config.to_dict(),
+            "params": {k: v.detach() for k, v in self.params.items()},
+            "buffers": dict(self.buffers),
+            "field": None if self.field is None else self.field.state_dict(),
+            "field_backend": None if self.field is None else self.field.backend,
+            "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": self.torch_gen.get_state()},
+            "budget": {"planned": self._budget_planned},
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = TrainConfig.from_dict(state["config"])
+        diff = self.config.same_run_as(saved)
+        if diff:
+            raise TrainingError(f"the checkpoint was made with different settings ({', '.join(diff)}); "
+                                "resume with the settings of the run (or start a new run in another folder)")
+        if (state["field_backend"] or None) != (None if self.field is None else self.field.backend):
+            raise TrainingError(f"the checkpoint's colour field uses {state['field_backend']}, this machine "
+                                f"{self.field.backend if self.field else None}; resume where tiny-cuda-nn is "
+                                "(or is not) installed as before")
+        self.params.clear()
+        self.params.update({k: torch.nn.Parameter(v.to(self.device).contiguous()) for k, v in state["params"].items()})
+        self.buffers.clear()
+        self.buffers.update({k: v.to(self.device) for k, v in state["buffers"].items()})
+        if self.field is not None:
+            self.field.load_state_dict(state["field"])
+        self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g in self.optimizer.param_groups:  # load_state_dict restores the saved lrs; keep the bases
+            g.setdefault("base_lr", g["lr"])
+        self.editor = ParamEditor(self.params, self.buffers, self.optimizer)
+        self.strategy.load_state_dict({k: (v.to(self.device) if torch.is_tensor(v) else v)
+                                       for k, v in state["strategy"].items()})
+        sched = state["schedule"]
+        self.schedule = Schedule(int(sched["template_end"]), int(sched["planned_total"]),
+                                 float(sched["canonical_fraction"]))
+        self.step_index = int(state["step"])
+        self._elapsed_before = float(state["elapsed"])
+        self._session_t0 = time.perf_counter()
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+        self.torch_gen.set_state(state["rng"]["torch"].cpu())
+        self._budget_planned = bool(state.get("budget", {}).get("planned", False))
+        self.history = list(state.get("history", []))
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoint_path(self.out_dir)
+        save_checkpoint(path, self.state_dict())
+        return path
+
+    def resume(self) -> bool:
+        """Load the last checkpoint of `out_dir` if there is one."""
+        path = checkpoint_path(self.out_dir)
+        if not path.exists():
+            return False
+        self.load_state_dict(load_checkpoint(path, "cpu"))
+        log.info("resumed %s at iteration %d of %d", self.out_dir, self.step_index, self.schedule.planned_total)
+        return True
+
+    # ------------------------------------------------------------------------------------------
+    # reporting, preview, export
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_preview(self, size: int = 256) -> np.ndarray:
+        canonical = self.pose_body(self.poses.canonical())
+        gs = pose_with_transforms(self.avatar(), canonical["transforms"], None, canonical["rotations"])
+        cam = front_camera(canonical["vertices"], size, size)
+        out = rasterize(gs, cam, backend=self.config.rasterizer,
+                        background=torch.full((3,), 0.92, device=self.device))
+        return (out.rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+    def write_preview(self) -> Path | None:
+        if self.out_dir is None:
+            return None
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(self.render_preview()).save(buf, format="PNG")
+        path = self.out_dir / "previews" / "latest.png"
+        write_bytes_atomic(path, buf.getvalue())
+        self.preview_path = path
+        return path
+
+    def mean_loss(self) -> float | None:
+        if not self._loss_n or self._loss_sum is None:
+            return None
+        value = float(self._loss_sum) / self._loss_n
+        self._loss_sum, self._loss_n = None, 0
+        return value
+
+    def report(self, force: bool = False, preview: Path | None = None) -> None:
+        stage = self.schedule.stage_at(min(self.step_index, self.schedule.planned_total - 1))
+        now = time.perf_counter()
+        if not force and preview is None and stage == self._last_stage and \
+                now - self._last_report < self.config.progress_every:
+            return
+        self._last_report, self._last_stage = now, stage
+        loss = self.mean_loss()
+        if loss is not None:
+            self.history.append({"step": self.step_index, "stage": stage, "loss": loss,
+                                 "elapsed": round(self.elapsed, 2), "gaussians": self.num_gaussians})
+            del self.history[:-2000]
+        if self.progress_cb is not None:
+            self.progress_cb(stage, self.step_index, self.schedule.planned_total, loss=loss,
+                             preview=str(preview) if preview is not None else None)
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.params["free.means"].shape[0] + self.params["bound.offsets"].shape[0])
+
+    @torch.no_grad()
+    def export_avatar(self) -> Avatar:
+        """The avatar with baked colours and normalised rotations, detached."""
+        a = self.avatar()
+        def det(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().clone()
+        free = FreeGaussians(means=det(a.free.means), quats=F.normalize(det(a.free.quats), dim=-1),
+                             log_scales=det(a.free.log_scales), opacity_logits=det(a.free.opacity_logits),
+                             colors=det(a.free.colors).clamp(0, 1), skin_joints=det(a.free.skin_joints),
+                             skin_weights=det(a.free.skin_weights))
+        bound = BoundGaussians(faces=det(a.bound.faces), barycentric=det(a.bound.barycentric),
+                               offsets=det(a.bound.offsets), quats=F.normalize(det(a.bound.quats), dim=-1),
+                               log_scales=det(a.bound.log_scales), opacity_logits=det(a.bound.opacity_logits),
+                               colors=det(a.bound.colors).clamp(0, 1))
+        return Avatar(body=self.body, betas=self.betas.clone(), free=free, bound=bound, meta=self._meta())
+
+    def save(self) -> Path:
+        folder = self.out_dir / "avatar"
+        save_avatar(self.export_avatar(), folder, preview=self.render_preview())
+        summary = {"prompt": self.config.prompt, "avatar": str(folder), "iterations": self.step_index,
+                   "planned_iterations": self.schedule.planned_total, "training_seconds": round(self.elapsed, 2),
+                   "gaussians": self.num_gaussians, "device": str(self.device),
+                   "history": self.history[-200:]}
+        write_text_atomic(self.out_dir / "train.json", json.dumps(summary, indent=2))
+        return folder
+
+    # ------------------------------------------------------------------------------------------
+    # the run
+    # ------------------------------------------------------------------------------------------
+    def _budget(self) -> bool:
+        """Plan with the time budget; True when it is spent."""
+        budget = self.config.time_budget
+        if not budget:
+            return False
+        step = self.step_index
+        if not self._budget_planned and step >= self.schedule.template_end:
+            if self._budget_probe is None:
+                self._budget_probe = (step, self.elapsed)
+            elif step - self._budget_probe[0] >= BUDGET_PROBE_STEPS:
+                per_step = (self.elapsed - self._budget_probe[1]) / (step - self._budget_probe[0])
+                left = budget - self.elapsed - EXPORT_RESERVE_S
+                fits = step + int(max(0.0, left) / max(per_step, 1e-6))
+                if fits < self.schedule.planned_total:
+                    log.info("time budget %.0f s: %.3f s per iteration, planning %d iterations instead of %d",
+                             budget, per_step, fits, self.schedule.planned_total)
+                    self.schedule.shorten(fits, step)
+                self._budget_planned = True
+        return self.elapsed >= budget - EXPORT_RESERVE_S
+
+    def run(self) -> Path:
+        c = self.config
+        self.ensure_guidance()
+        self.report(force=True)
+        while self.step_index < self.schedule.planned_total:
+            if self.should_cancel():
+                path = self.save_checkpoint()
+                self.report(force=True)
+                raise TrainingCancelled(self.step_index, path)
+            if self._budget():
+                log.info("time budget spent after %d iterations (%.0f s)", self.step_index, self.elapsed)
+                self.schedule.shorten(self.step_index, self.step_index)
+                break
+            self.train_step()
+            self.step_index += 1
+            s = self.step_index
+            preview = None
+            if c.checkpoint_every > 0 and s % c.checkpoint_every == 0 and s < self.schedule.planned_total:
+                self.save_checkpoint()
+            if c.preview_every > 0 and s % c.preview_every == 0:
+                preview = self.write_preview()
+            if c.log_every > 0 and s % c.log_every == 0:
+                log.info("iteration %d/%d (%s): %d Gaussians, %.1f s", s, self.schedule.planned_total,
+                         self.schedule.stage_at(s - 1), self.num_gaussians, self.elapsed)
+            self.report(preview=preview)
+        self.save_checkpoint()
+        folder = self.save()
+        preview = self.write_preview()
+        self.report(force=True, preview=preview)
+        return folder
+
+
+def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = out_dir / "config.json"
+    has_ckpt = checkpoint_path(out_dir).exists()
+    if not resume and (has_ckpt or (out_dir / "avatar").exists()):
+        raise TrainingError(f"{out_dir} already holds a training run; pass --resume to continue it "
+                            "or choose another output folder")
+    if resume and cfg_path.exists():
+        saved = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        diff = config.same_run_as(saved)
+        if diff:
+            raise TrainingError(f"{out_dir} holds a run with different settings ({', '.join(diff)}); "
+                                "resume it with its own settings (see its config.json)")
+    write_text_atomic(cfg_path, config.to_json())
+
+
+def load_run_config(out_dir: str | Path) -> TrainConfig:
+    """The config a run folder was started with (for resuming without repeating the options)."""
+    path = Path(out_dir) / "config.json"
+    if not path.exists():
+        raise TrainingError(f"{out_dir} holds no training run (config.json is missing)")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def run_training(config: TrainConfig, out_dir: str | Path, progress_cb: ProgressCallback | None = None,
+                 should_cancel: Callable[[], bool] | None = None, resume: bool = False,
+                 models: GuidanceModels | None = None) -> Path:
+    """Train an avatar into `out_dir` and return its avatar folder (see the module docstring).
+    Raises TrainingCancelled (after saving a checkpoint) when `should_cancel()` turns true."""
+    out_dir = Path(out_dir)
+    if not config.prompt.strip():
+        raise TrainingError("a prompt is needed (what the avatar should look like)")
+    prepare_out_dir(config, out_dir, resume)
+    trainer = Trainer(config, out_dir, models=models, progress_cb=progress_cb, should_cancel=should_cancel)
+    if resume and not trainer.resume():
+        log.info("no checkpoint in %s; starting from the beginning", out_dir)
+    if trainer.step_index >= trainer.schedule.planned_total and (out_dir / "avatar").exists():
+        return out_dir / "avatar"
+    return trainer.run()
+
+
+__all__ = ["Trainer", "TrainingCancelled", "TrainingError", "PhaseTimer", "run_training", "load_run_config",
+           "CheckpointError", "PHASES"]
