@@ -24,7 +24,7 @@ def frame_params(motion: Motion, i: int) -> dict[str, np.ndarray]:
     return params
 
 
-def posed_joints(avatar: Avatar, motion: Motion, batch: int = 512) -> torch.Tensor:
+def posed_joints(avatar: Avatar, motion: Motion, batch: int = 512, betas: Any = None) -> torch.Tensor:
     """(N, 55, 3) joints of the avatar's body over the clip (for framing and checks)."""
     out = []
     with torch.no_grad():
@@ -33,16 +33,16 @@ def posed_joints(avatar: Avatar, motion: Motion, batch: int = 512) -> torch.Tens
             kwargs = {name: np.asarray(getattr(motion, name)[idx], dtype=np.float32).reshape(idx.stop - s, -1)
                       for name in POSE_FIELDS}
             kwargs["transl"] = np.asarray(motion.transl[idx], dtype=np.float32)
-            out.append(avatar.body.forward(betas=avatar.betas, **kwargs).joints)
+            out.append(avatar.body.forward(betas=avatar.betas if betas is None else betas, **kwargs).joints)
     return torch.cat(out)
 
 
 def clip_cameras(avatar: Avatar, motion: Motion, width: int, height: int, mode: str = "front",
-                 fov_y_deg: float = 35.0) -> list[Camera]:
+                 fov_y_deg: float = 35.0, betas: Any = None) -> list[Camera]:
     """One camera per frame: `front` looks at the clip from +Z, `orbit` circles it once."""
     if mode not in ("front", "orbit"):
         raise ValueError(f"unknown camera mode {mode!r}: use front or orbit")
-    joints = posed_joints(avatar, motion).cpu()
+    joints = posed_joints(avatar, motion, betas=betas).cpu()
     lo = joints.reshape(-1, 3).min(0).values.numpy() - 0.15
     hi = joints.reshape(-1, 3).max(0).values.numpy() + 0.15
     centre = 0.5 * (lo + hi)
@@ -60,13 +60,14 @@ def clip_cameras(avatar: Avatar, motion: Motion, width: int, height: int, mode: 
 
 
 def render_frames(avatar: Avatar, motion: Motion, cameras: list[Camera], backend: str = "auto",
-                  frames: range | None = None, extra: Any = None) -> Iterator[tuple[int, RenderOutput]]:
-    """Yield (frame index, render) for each frame; `extra` is a GaussianSet drawn with the avatar."""
+                  frames: range | None = None, extra: Any = None, betas: Any = None) -> Iterator[tuple[int, RenderOutput]]:
+    """Yield (frame index, render) for each frame; `extra` is a GaussianSet drawn with the
+    avatar; `betas` poses the avatar with another body shape."""
     from .render import GaussianSet
 
     for i in frames if frames is not None else range(motion.num_frames):
         with torch.no_grad():
-            g = pose_with_params(avatar, **frame_params(motion, i))
+            g = pose_with_params(avatar, betas=betas, **frame_params(motion, i))
             if extra is not None:
                 g = GaussianSet.concat([g, extra])
             yield i, rasterize(g, cameras[i], backend=backend)

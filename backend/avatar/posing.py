@@ -81,14 +81,17 @@ def triangle_frames(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.
     return tri, torch.stack([e, b, n], dim=-1)
 
 
-def pose_free(avatar: Avatar, transforms: torch.Tensor) -> GaussianSet:
+def pose_free(avatar: Avatar, transforms: torch.Tensor, rest_means: torch.Tensor | None = None) -> GaussianSet:
+    """Linear blend skinning of the free Gaussians (`rest_means`: their rest positions for
+    another body shape; default: the shape they were made on)."""
     free = avatar.free
     scale, rot = _split_scale(transforms[:, :3, :3])
     joint_quats = matrix_to_quaternion(rot)
     w = free.skin_weights
     idx = free.skin_joints
     blended = torch.einsum("nk,nkrc->nrc", w, transforms[idx])
-    means = (blended[:, :3, :3] @ free.means[:, :, None])[..., 0] + blended[:, :3, 3]
+    rest = free.means if rest_means is None else rest_means
+    means = (blended[:, :3, :3] @ rest[:, :, None])[..., 0] + blended[:, :3, 3]
     q = joint_quats[idx]
     sign = torch.where((q * q[:, :1]).sum(-1, keepdim=True) < 0, -1.0, 1.0)
     q = (w[..., None] * sign * q).sum(1)
@@ -107,18 +110,88 @@ def _areas(tri: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.linalg.norm(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), dim=-1)
 
 
+MAX_BETA = 5.0
+"""Shape coefficients are in standard deviations; beyond this the body model means nothing."""
+SHAPE_ANCHORS = 4
+
+
+def check_betas(avatar: Avatar, betas: Any) -> np.ndarray:
+    """A full host-side betas vector for the avatar's body model, or a clear PoseError."""
+    n = avatar.body.num_betas
+    b = np.asarray(betas.detach().cpu() if torch.is_tensor(betas) else betas, dtype=np.float64).reshape(-1)
+    if b.size > n:
+        raise PoseError(f"{b.size} betas given; the body model {avatar.body.path.name} has {n}")
+    if not np.isfinite(b).all():
+        raise PoseError("betas contain NaN or infinite values")
+    if np.abs(b).max(initial=0.0) > MAX_BETA:
+        raise PoseError(f"betas must lie within ±{MAX_BETA:g} (standard deviations); got {np.abs(b).max():.3g}")
+    return np.pad(b, (0, n - b.size))
+
+
+def _state_for(avatar: Avatar, betas: torch.Tensor) -> dict:
+    vertices = avatar.body.shaped_vertices(betas).detach()
+    return {"vertices": vertices, "joints": avatar.body.rest_joints(betas).detach().cpu().double().numpy()}
+
+
 def rest_state(avatar: Avatar) -> dict:
-    """What posing needs that depends only on the shape: rest joints (host, float64), rest
-    vertices, the vertex indices and rest areas of the triangles that carry Gaussians. Kept in
-    `avatar.cache`; recomputed when `avatar.betas` is replaced (shape editing)."""
+    """What posing needs that depends only on the trained shape: rest joints (host, float64),
+    rest vertices, the vertex indices and rest areas of the triangles that carry Gaussians. Kept
+    in `avatar.cache`; recomputed when `avatar.betas` is replaced."""
     cache = avatar.cache
     if cache.get("betas") is not avatar.betas:
-        vertices = avatar.body.shaped_vertices(avatar.betas).detach()
-        faces = torch.as_tensor(avatar.body.faces, device=vertices.device)[avatar.bound.faces]
+        state = _state_for(avatar, avatar.betas)
+        faces = torch.as_tensor(avatar.body.faces, device=state["vertices"].device)[avatar.bound.faces]
         cache.clear()
-        cache.update(betas=avatar.betas, vertices=vertices, faces=faces, areas=_areas(vertices[faces]),
-                     joints=avatar.body.rest_joints(avatar.betas).detach().cpu().double().numpy())
+        cache.update(state, betas=avatar.betas, faces=faces, areas=_areas(state["vertices"][faces]), shapes={})
     return cache
+
+
+def shape_anchors(avatar: Avatar) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each free Gaussian, its nearest body vertices (among those its main joint moves) and
+    inverse-distance weights: clothes and hair follow the surface they sit on when the shape
+    changes."""
+    cache = rest_state(avatar)
+    if "anchors" not in cache:
+        verts = cache["vertices"]
+        means = avatar.free.means.detach()
+        weights = avatar.body.skinning_weights
+        main = avatar.free.skin_joints[:, 0]
+        idx = torch.zeros(len(means), SHAPE_ANCHORS, dtype=torch.long, device=means.device)
+        dist = torch.ones(len(means), SHAPE_ANCHORS, device=means.device)
+        for j in torch.unique(main).tolist():
+            rows = torch.nonzero(main == j)[:, 0]
+            cand = torch.nonzero(weights[:, j] > 0.05)[:, 0]
+            if len(cand) < SHAPE_ANCHORS:
+                cand = torch.arange(len(verts), device=verts.device)
+            for chunk in rows.split(8192):
+                d = torch.cdist(means[chunk], verts[cand])
+                best, arg = d.topk(SHAPE_ANCHORS, dim=1, largest=False)
+                idx[chunk], dist[chunk] = cand[arg], best
+        w = 1.0 / dist.clamp_min(1e-4)
+        cache["anchors"] = (idx, w / w.sum(1, keepdim=True))
+    return cache["anchors"]
+
+
+def shape_state(avatar: Avatar, betas: Any = None) -> dict:
+    """Rest state for a body shape: the trained one (betas None) or another (shape editing), with
+    the free Gaussians' rest positions moved by the displacement of their anchor vertices."""
+    rest = rest_state(avatar)
+    if betas is None:
+        return rest
+    b = check_betas(avatar, betas)
+    key = b.astype(np.float32).tobytes()
+    shapes = rest["shapes"]
+    if key not in shapes:
+        target = torch.as_tensor(b, dtype=torch.float32, device=avatar.device)
+        state = _state_for(avatar, target)
+        if len(avatar.free):
+            idx, w = shape_anchors(avatar)
+            shift = state["vertices"] - rest["vertices"]
+            state["free_means"] = avatar.free.means + (w[..., None] * shift[idx]).sum(1)
+        if len(shapes) > 8:
+            shapes.clear()
+        shapes[key] = state
+    return shapes[key]
 
 
 def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
@@ -139,21 +212,22 @@ def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
 
 
 def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None,
-                         local_rotations: Any = None) -> GaussianSet:
-    """World-space Gaussians for skinning transforms G_j (55, 4, 4); expression values and the
-    joints' local rotations (55, 3, 3, for pose correctives) are optional."""
+                         local_rotations: Any = None, betas: Any = None) -> GaussianSet:
+    """World-space Gaussians for skinning transforms G_j (55, 4, 4); expression values, the
+    joints' local rotations (55, 3, 3, for pose correctives) and a body shape other than the
+    trained one (`betas`; the transforms must then come from that shape's skeleton) are optional."""
     device = avatar.device
     t = _checked(transforms, (55, 4, 4), "skinning transforms", device)
+    state = shape_state(avatar, betas)
     parts = []
     if len(avatar.free):
-        parts.append(pose_free(avatar, t))
+        parts.append(pose_free(avatar, t, state.get("free_means")))
     if len(avatar.bound):
         rots = None if local_rotations is None else \
             _checked(local_rotations, (55, 3, 3), "local rotations", device)[None]
         if expression is not None:
             expression = _checked(expression, None, "expression values", device).reshape(1, -1)
-        verts = avatar.body.pose_vertices(t[None], avatar.betas, expression, rots,
-                                          shaped=rest_state(avatar)["vertices"])[0]
+        verts = avatar.body.pose_vertices(t[None], None, expression, rots, shaped=state["vertices"])[0]
         parts.append(pose_bound(avatar, verts))
     return GaussianSet.concat(parts)
 
@@ -179,9 +253,10 @@ def full_pose_host(params: dict[str, Any]) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def pose_with_params(avatar: Avatar, **params: Any) -> GaussianSet:
+def pose_with_params(avatar: Avatar, betas: Any = None, **params: Any) -> GaussianSet:
     """World-space Gaussians for one frame of SMPL-X pose parameters (global_orient, body_pose,
-    hands as full axis-angles, jaw_pose, leye_pose, reye_pose, expression, transl)."""
+    hands as full axis-angles, jaw_pose, leye_pose, reye_pose, expression, transl), optionally
+    with another body shape (`betas`)."""
     expression = params.pop("expression", None)
     transl = params.pop("transl", None)
     unknown = set(params) - {name for name, _ in POSE_PARTS}
@@ -193,5 +268,5 @@ def pose_with_params(avatar: Avatar, **params: Any) -> GaussianSet:
         t = np.asarray(transl.detach().cpu() if torch.is_tensor(transl) else transl, dtype=np.float64).reshape(3)
         if not np.isfinite(t).all():
             raise PoseError("transl contains NaN or infinite values")
-    _, transforms = skinning_transforms(rotations, rest_state(avatar)["joints"], t)
-    return pose_with_transforms(avatar, transforms, expression, rotations)
+    _, transforms = skinning_transforms(rotations, shape_state(avatar, betas)["joints"], t)
+    return pose_with_transforms(avatar, transforms, expression, rotations, betas)

@@ -19,8 +19,6 @@ def _main(args: argparse.Namespace) -> int:
     body = BodyModel.load(args.body_model) if args.body_model else None
     avatar = load_avatar(args.avatar, body=body)
     betas = parse_betas(args.betas)
-    if betas is not None:
-        avatar.betas = avatar.body._betas(betas)
     params = {}
     if args.motion:
         motion = load(args.motion, args.fps, avatar.body)
@@ -28,7 +26,7 @@ def _main(args: argparse.Namespace) -> int:
             raise CommandError(f"--frame {args.frame} is outside the motion's {motion.num_frames} frames")
         params = frame_params(motion, args.frame)
     with torch.no_grad():
-        gaussians = pose_with_params(avatar, **params)
+        gaussians = pose_with_params(avatar, betas=betas, **params)
     write_ply(args.out, gaussians)
     what = f"frame {args.frame} of {args.motion}" if args.motion else "the canonical pose"
     print(f"wrote {len(gaussians)} Gaussians ({what}, SMPL-X Y-up metres) to {args.out}")

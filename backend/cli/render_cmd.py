@@ -25,11 +25,9 @@ def _main(args: argparse.Namespace) -> int:
     body = BodyModel.load(args.body_model, device) if args.body_model else None
     avatar = load_avatar(args.avatar, body=body, device=device)
     betas = parse_betas(args.betas)
-    if betas is not None:
-        avatar.betas = avatar.body._betas(betas)
     motion = load(args.motion, args.fps, avatar.body, seconds=args.seconds)
     frames = parse_range(args.frames, motion.num_frames)
-    cameras = clip_cameras(avatar, motion, args.width, args.height, args.camera)
+    cameras = clip_cameras(avatar, motion, args.width, args.height, args.camera, betas=betas)
     background = np.array([float(c) for c in args.background.split(",")], dtype=np.float32)
     out = Path(args.out)
     as_video = out.suffix.lower() == ".mp4"
@@ -39,7 +37,7 @@ def _main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
 
     def images():
-        for k, (i, r) in enumerate(render_frames(avatar, motion, cameras, args.rasterizer, frames)):
+        for k, (i, r) in enumerate(render_frames(avatar, motion, cameras, args.rasterizer, frames, betas=betas)):
             rgb = (r.rgb + (1 - r.alpha) * __import__("torch").as_tensor(background, device=r.rgb.device)).cpu().numpy()
             image = to_uint8(rgb)
             if not as_video:
@@ -73,7 +71,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rasterizer", choices=("auto", "torch", "gsplat"), default="auto")
     parser.add_argument("--background", default="1,1,1", help="r,g,b in [0,1] (default white)")
     parser.add_argument("--alpha", action="store_true", help="write RGBA PNGs (frames mode)")
-    parser.add_argument("--betas", default=None, help="render with another body shape (comma-separated)")
+    parser.add_argument("--betas", default=None, help="render with another body shape: comma-separated betas (the first N; the rest 0)")
     parser.add_argument("--seconds", type=float, default=4.0, help=f"length of {BUILTIN_DANCE}")
     add_body_model(parser)
     add_device(parser)

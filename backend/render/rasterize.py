@@ -59,7 +59,8 @@ def rasterize(
         raise RenderError(f"rasterize expects a GaussianSet, got {type(gaussians).__name__}")
     if not isinstance(camera, Camera):
         raise RenderError(f"rasterize expects a Camera, got {type(camera).__name__}")
-    gaussians.validate()
+    # NaN checks on CUDA tensors would stall the GPU every frame; posing checks its host inputs.
+    gaussians.validate(check_finite=gaussians.device.type != "cuda")
     camera.validate()
     device, dtype = gaussians.device, gaussians.dtype
     if background is not None:
