@@ -26,10 +26,11 @@ def _classes() -> tuple:
 def register() -> None:
     import bpy
 
-    from . import engine
+    from . import engine, shape
 
     for cls in _classes():
         bpy.utils.register_class(cls)
+    shape.register()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.add(engine.DreamWaltzRenderEngine.bl_idname)
 
@@ -37,9 +38,10 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import engine, session
+    from . import engine, session, shape
 
     session.shutdown()
+    shape.unregister()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.discard(engine.DreamWaltzRenderEngine.bl_idname)
     for cls in reversed(_classes()):

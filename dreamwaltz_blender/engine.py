@@ -28,6 +28,10 @@ def scene_request(depsgraph: Any) -> tuple[list[dict], list[dict]]:
             item = {"avatar": session.avatar_handle(obj[AVATAR_KEY]),
                     "transforms": skinning_transforms(obj).tolist(),
                     "local_rotations": local_rotations(obj).tolist()}
+            from .shape import current_betas, is_edited
+
+            if is_edited(obj):
+                item["betas"] = current_betas(obj).tolist()
             expression = expression_values(obj)
             if any(expression):
                 item["expression"] = expression

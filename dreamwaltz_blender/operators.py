@@ -68,6 +68,9 @@ class DREAMWALTZ_OT_add_avatar(_Reporting, bpy.types.Operator):
         if context.object is not None and context.object.mode != "OBJECT":
             bpy.ops.object.mode_set(mode="OBJECT")
         arm = build_rig(context, name, rig, path)
+        from . import shape
+
+        shape.init_rig(arm, rig["betas"], shape._request(arm, betas=rig["betas"]))
         for obj in context.selected_objects:
             obj.select_set(False)
         arm.select_set(True)

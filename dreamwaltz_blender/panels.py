@@ -38,6 +38,33 @@ class DREAMWALTZ_PT_avatar(_Tab, bpy.types.Panel):
                 col.prop(arm, f'["{EXPRESSION_KEY}"]', index=i, text=f"{i}")
 
 
+class DREAMWALTZ_PT_shape(_Tab, bpy.types.Panel):
+    bl_label = "Shape"
+    bl_parent_id = "DREAMWALTZ_PT_avatar"
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return active_rig(context) is not None
+
+    def draw(self, context: Any) -> None:
+        from .shape import is_edited
+
+        arm = active_rig(context)
+        layout = self.layout
+        shape = arm.dreamwaltz_shape
+        col = layout.column(align=True)
+        col.prop(shape, "height")
+        col.prop(shape, "weight")
+        col = layout.column(align=True)
+        for i in range(len(shape.betas)):
+            col.prop(shape, "betas", index=i, text=f"Beta {i}")
+        row = layout.row()
+        row.operator("dreamwaltz.reset_shape", icon="LOOP_BACK")
+        row.enabled = is_edited(arm)
+        if any(abs(b) >= 4.999 for b in shape.betas):
+            layout.label(text="Clamped at ±5: the body model is not meaningful beyond", icon="ERROR")
+
+
 class DREAMWALTZ_PT_motion(_Tab, bpy.types.Panel):
     bl_label = "Motion"
 
@@ -70,4 +97,4 @@ class DREAMWALTZ_PT_render(_Tab, bpy.types.Panel):
         box.operator("dreamwaltz.restart_backend", icon="FILE_REFRESH")
 
 
-CLASSES = (DREAMWALTZ_PT_avatar, DREAMWALTZ_PT_motion, DREAMWALTZ_PT_render)
+CLASSES = (DREAMWALTZ_PT_avatar, DREAMWALTZ_PT_shape, DREAMWALTZ_PT_motion, DREAMWALTZ_PT_render)

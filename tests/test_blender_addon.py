@@ -263,3 +263,61 @@ def test_reenactment_shot_puts_the_pelvis_where_the_clip_camera_sees_it(avatar_d
     assert result["frames"][1] - result["frames"][0] + 1 == loaded.num_frames
     assert result["fps"] == pytest.approx(loaded.fps)
     np.testing.assert_allclose(result["pixels"], expected, atol=0.5)
+
+
+def test_height_slider_reshapes_the_rig_and_the_render_and_reset_restores_it(avatar_dir, body, tmp_path):
+    from PIL import Image
+
+    before, after = tmp_path / "before.png", tmp_path / "after.png"
+    result = run_blender(f"""
+        import numpy as np
+        from dreamwaltz_blender.rig import JOINTS_KEY
+        scene = bpy.context.scene
+        scene.render.resolution_x, scene.render.resolution_y = 120, 160
+        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+        scene.collection.objects.link(cam)
+        scene.camera = cam
+        cam.location = (0.0, -9.0, -0.05)
+        cam.rotation_euler = (1.5708, 0.0, 0.0)
+        cam.data.lens = 85
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+        bpy.ops.dreamwaltz.use_engine()
+        scene.render.film_transparent = True
+        scene.render.image_settings.color_mode = "RGBA"
+        arm = bpy.context.active_object
+        names = arm[JOINTS_KEY].split(",")
+        proxy = [c for c in arm.children if c.type == "MESH"][0]
+        def snapshot():
+            heads = [list(arm.data.bones[n].head_local) for n in names]
+            co = np.zeros(len(proxy.data.vertices) * 3, np.float32)
+            proxy.data.vertices.foreach_get("co", co)
+            return heads, co
+        heads0, co0 = snapshot()
+        result["height0"] = arm.dreamwaltz_shape.height
+        scene.render.filepath = {str(before)!r}
+        bpy.ops.render.render(write_still=True)
+        assert bpy.ops.dreamwaltz.apply_shape(height=1.90) == {{"FINISHED"}}
+        heads1, co1 = snapshot()
+        result.update(height1=arm.dreamwaltz_shape.height, betas1=list(arm.dreamwaltz_shape.betas),
+                      heads1=heads1, co1_max=float(np.abs(co1 - co0).max()))
+        scene.render.filepath = {str(after)!r}
+        bpy.ops.render.render(write_still=True)
+        assert bpy.ops.dreamwaltz.reset_shape() == {{"FINISHED"}}
+        heads2, co2 = snapshot()
+        result.update(reset_heads_equal=heads2 == heads0, reset_co_equal=bool((co2 == co0).all()),
+                      height2=arm.dreamwaltz_shape.height, betas2=list(arm.dreamwaltz_shape.betas))
+    """, tmp_path)
+    assert result["height0"] == pytest.approx(_height_of(body, [0.0] * 10), abs=1e-4)
+    assert result["height1"] == pytest.approx(1.90, abs=2e-3)
+    expected = body.rest_joints(torch.tensor(result["betas1"])).numpy()
+    np.testing.assert_allclose(result["heads1"], expected, atol=1e-5)
+    assert result["co1_max"] > 0.05, "the proxy mesh is reshaped"
+    assert result["reset_heads_equal"] and result["reset_co_equal"], "reset returns exactly to the trained rig"
+    assert result["betas2"] == [0.0] * 10 and result["height2"] == pytest.approx(result["height0"])
+    h = lambda p: np.ptp(np.nonzero(np.asarray(Image.open(p))[..., 3].max(1) > 128)[0])  # noqa: E731
+    assert h(after) / h(before) == pytest.approx(1.90 / result["height0"], rel=0.04)
+
+
+def _height_of(body, betas) -> float:
+    v = body.shaped_vertices(torch.tensor(betas))
+    return float(v[:, 1].max() - v[:, 1].min())
