@@ -384,6 +384,11 @@ class Server:
 
         return load_motion_op(self.services, self.pool, msg)
 
+    def op_shape(self, msg: dict) -> dict:
+        from .shape_ops import shape_op
+
+        return shape_op(self.services, self.pool, msg)
+
     def op_release(self, msg: dict) -> dict:
         if msg.get("all"):
             return {"released": self.pool.release(None)}
@@ -403,6 +408,7 @@ class Server:
 
     # ---- dispatch ------------------------------------------------------------------------
     def _call(self, rid: int, op: str, msg: dict) -> None:
+        t0 = time.perf_counter()
         try:
             result = getattr(self, "op_" + op)(msg)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
@@ -413,7 +419,13 @@ class Server:
                 log.info("op %s (id %s): %s: %s", op, rid, code, message)
             self.send(P.reply_error(rid, code, message))
             return
+        t1 = time.perf_counter()
         self.send(P.reply_ok(rid, **result))
+        del result
+        if log.isEnabledFor(logging.DEBUG):
+            t2 = time.perf_counter()
+            log.debug("op %s (id %s): waited %.2f ms, handled %.2f ms, replied %.2f ms", op, rid,
+                      (t0 - msg.get("__received", t0)) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
     def _serve_requests(self) -> None:
         import torch
@@ -445,6 +457,7 @@ class Server:
             return None
         if op == "shutdown":
             return msg
+        msg["__received"] = time.perf_counter()
         if op in INLINE_OPS:
             self._call(rid, op, msg)
         else:

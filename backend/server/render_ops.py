@@ -89,7 +89,10 @@ def gather_gaussians(services: Services, msg: dict) -> tuple[Any, int]:
         rotations = None
         if item.get("local_rotations") is not None:
             rotations = _matrix(item["local_rotations"], (P.NUM_JOINTS, 3, 3), f"{where}.local_rotations")
-        parts.append(pose_with_transforms(avatar, transforms, expression, rotations))
+        betas = item.get("betas")
+        if betas is not None and (not isinstance(betas, list) or not all(P.type_ok(b, "number") for b in betas)):
+            raise P.ProtocolError(P.BAD_REQUEST, f"{where}.betas must be a list of numbers")
+        parts.append(pose_with_transforms(avatar, transforms, expression, rotations, betas))
     for i, item in enumerate(msg.get("objects") or []):
         where = f"objects[{i}]"
         if not isinstance(item, dict) or "object" not in item:
@@ -160,7 +163,8 @@ def render_frame(services: Services, pool: ShmPool, msg: dict) -> dict:
     t3 = time.perf_counter()
     return {"width": width, "height": height, "slot": slot, "block": block.name, "arrays": specs,
             "num_gaussians": count, "flip_y": flip,
-            "timing": {"pose_ms": round((t1 - t0) * 1e3, 3), "raster_ms": round((t2 - t1) * 1e3, 3),
+            "timing": {"queue_ms": round((t0 - msg.get("__received", t0)) * 1e3, 3),
+                       "pose_ms": round((t1 - t0) * 1e3, 3), "raster_ms": round((t2 - t1) * 1e3, 3),
                        "pack_ms": round((t3 - t2) * 1e3, 3)}}
 
 
