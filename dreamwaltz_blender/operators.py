@@ -216,7 +216,74 @@ class DREAMWALTZ_OT_restart_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
+    """Create a Python environment for the backend and install its pinned packages (downloads several GB)"""
+
+    bl_idname = "dreamwaltz.setup_backend"
+    bl_label = "Set Up Backend"
+
+    _runner: Any = None
+    _timer: Any = None
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        return self.execute(context)
+
+    def execute(self, context: Any) -> set[str]:
+        from pathlib import Path
+
+        from .client import backend_root
+        from .setup_env import SetupRunner, plan
+
+        if not bpy.app.online_access:
+            self.report({"ERROR"}, "Blender is set to work offline: allow online access in Preferences > System > "
+                                   "Network to download the backend's packages, or set 'Backend Python' to an "
+                                   "interpreter that has torch")
+            return {"CANCELLED"}
+        venv = Path(session.backend_env_dir(create=True))
+        requirements = backend_root() / "backend" / "requirements.txt"
+        log = venv.parent / "setup.log"
+        self._runner = SetupRunner(plan(venv, requirements), log).start()
+        wm = context.window_manager
+        if bpy.app.background:
+            self._runner.wait()
+            return self._finish(context)
+        wm.progress_begin(0, 100)
+        self._timer = wm.event_timer_add(0.5, window=context.window)
+        wm.modal_handler_add(self)
+        self.report({"INFO"}, f"setting up the backend in {venv} (log: {log})")
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: Any, event: Any) -> set[str]:
+        runner = self._runner
+        if event.type == "ESC":
+            runner.cancel()
+        if event.type != "TIMER" and event.type != "ESC":
+            return {"PASS_THROUGH"}
+        context.window_manager.progress_update(int(100 * runner.progress))
+        context.workspace.status_text_set(f"DreamWaltz set-up: {runner.label} (Esc cancels)")
+        if not runner.done:
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
+        context.workspace.status_text_set(None)
+        return self._finish(context)
+
+    def _finish(self, context: Any) -> set[str]:
+        runner = self._runner
+        if runner.cancelled:
+            self.report({"WARNING"}, "backend set-up cancelled")
+            return {"CANCELLED"}
+        if runner.error:
+            self.report({"ERROR"}, runner.error)
+            return {"CANCELLED"}
+        for note in runner.notes:
+            self.report({"WARNING"}, note)
+        session.shutdown()  # the next action starts the new environment's backend
+        self.report({"INFO"}, "backend set up: the next DreamWaltz action uses it")
+        return {"FINISHED"}
+
+
 CLASSES = (DREAMWALTZ_OT_add_avatar, DREAMWALTZ_OT_import_ply, DREAMWALTZ_OT_import_motion,
            DREAMWALTZ_OT_setup_plate, DREAMWALTZ_OT_import_reenactment, DREAMWALTZ_OT_use_engine,
-           DREAMWALTZ_OT_restart_backend)
+           DREAMWALTZ_OT_restart_backend, DREAMWALTZ_OT_setup_backend)
 __all__ = ["CLASSES", "active_rig", "AVATAR_KEY"]

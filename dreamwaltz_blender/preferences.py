@@ -36,8 +36,21 @@ class DreamWaltzPreferences(bpy.types.AddonPreferences):
 
     def draw(self, context: Any) -> None:
         layout = self.layout
+        box = layout.box()
+        box.label(text="Backend", icon="CONSOLE")
+        box.prop(self, "python", text="Use This Python")
+        row = box.row()
+        row.operator("dreamwaltz.setup_backend", icon="IMPORT")
+        row.operator("dreamwaltz.restart_backend", icon="FILE_REFRESH")
+        from . import session
+
+        current = session._state["client"]
+        if current is not None and current.hello:
+            box.label(text=f"Running: {current.python} ({current.python_source}); rasterizer "
+                           f"{current.hello.get('rasterizer')}")
+        box.label(text=f"Set-up environment: {session.backend_env_dir()}")
         col = layout.column()
-        for name in ("python", "device", "smplx_file", "sd_model", "controlnet", "cache_dir"):
+        for name in ("device", "smplx_file", "sd_model", "controlnet", "cache_dir"):
             col.prop(self, name)
 
 

@@ -28,6 +28,19 @@ def addon_preferences(context: Any) -> Any:
     return addon.preferences if addon is not None else None
 
 
+def backend_env_dir(create: bool = False) -> str:
+    """Where Set Up Backend puts its virtual environment: the extension's user folder (or, for a
+    checkout registered as a plain add-on, Blender's user data folder)."""
+    import bpy
+
+    from . import __package__ as package
+
+    try:
+        return bpy.utils.extension_path_user(package, path="backend-env", create=create)
+    except (ValueError, RuntimeError):
+        return bpy.utils.user_resource("DATAFILES", path="dreamwaltz/backend-env", create=create)
+
+
 def client(context: Any = None) -> BackendClient:
     """The backend client for the current preferences (a new one if they changed)."""
     import bpy
@@ -41,7 +54,7 @@ def client(context: Any = None) -> BackendClient:
     if current is None:
         python, device, smplx = settings
         env = {"DREAMWALTZ_CACHE": os.environ["DREAMWALTZ_CACHE"]} if "DREAMWALTZ_CACHE" in os.environ else None
-        current = BackendClient(python, device=device, smplx=smplx, env=env)
+        current = BackendClient(python, venv=backend_env_dir(), device=device, smplx=smplx, env=env)
         _state.update(client=current, settings=settings, avatars={}, objects={})
     return current
 
