@@ -80,6 +80,8 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
                    "expression": ("list", False), "local_rotations": ("list", False)},
     "load_motion": {"path": ("str", True), "fps": ("number", False), "avatar": ("int", False),
                     "slot": ("str", False)},
+    "shape": {"avatar": ("int", True), "betas": ("list", False), "height": ("number", False),
+              "weight": ("number", False), "slot": ("str", False)},
     "release": {"slot": ("str", False), "all": ("bool", False)},
     "job_start": {"kind": ("str", True), "params": ("dict", False)},
     "job_cancel": {"job": ("int", True)},
