@@ -152,11 +152,13 @@ def build_random_models(size: str = "tiny", seed: int = 0, device: str = "cpu", 
         text = CLIPTextModel(CLIPTextConfig(**text_cfg, bos_token_id=512, eos_token_id=513, pad_token_id=513))
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=cond_channels,
                                                load_weights_from_unet=True)
-    if size == "tiny":
-        # random-init at tiny widths gives near-zero residuals; make the ControlNet matter
-        with torch.no_grad():
-            for block in list(controlnet.controlnet_down_blocks) + [controlnet.controlnet_mid_block]:
-                block.weight.normal_(0, 0.05)
+    # a fresh ControlNet's zero convolutions make its residuals exactly zero; random weights
+    # there make the skeleton reach the UNet, as trained weights do
+    with torch.no_grad():
+        zero_convs = list(controlnet.controlnet_down_blocks) + [controlnet.controlnet_mid_block,
+                                                                controlnet.controlnet_cond_embedding.conv_out]
+        for conv in zero_convs:
+            conv.weight.normal_(0, 0.05)
     sched_cfg = {k: v for k, v in SD15_SCHEDULER.items() if not k.startswith("_")}
     out = {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text.eval(), "controlnet": controlnet.eval(),
            "scheduler": PNDMScheduler(**sched_cfg)}

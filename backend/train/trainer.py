@@ -49,7 +49,7 @@ log = logging.getLogger("backend.train")
 ProgressCallback = Callable[..., None]
 PHASES = ("sample", "render", "skeleton", "encode", "unet", "backward", "optim", "refine")
 BUDGET_PROBE_STEPS = 20
-EXPORT_RESERVE_S = 10.0
+EXPORT_RESERVE_S = 10.0   # seconds kept for the export, at most 5 % of the budget
 
 
 class TrainingCancelled(Exception):
@@ -189,6 +189,7 @@ class Trainer:
         self.cameras = CameraSampler(c.cameras, c.resolution, c.resolution)
         self.poses = PoseSampler(c.poses, self.body.num_expression, c.expression)
         self._body_faces = torch.as_tensor(self.body.faces, device=self.device)
+        self._pose_cache: dict = {}
 
     def _lr_groups(self) -> list[dict[str, Any]]:
         lr = self.config.lr
@@ -242,7 +243,10 @@ class Trainer:
         bound = BoundGaussians(faces=b["bound.faces"], barycentric=b["bound.barycentric"], offsets=p["bound.offsets"],
                                quats=p["bound.quats"], log_scales=p["bound.log_scales"],
                                opacity_logits=p["bound.opacity_logits"], colors=bc)
-        return Avatar(body=self.body, betas=self.betas, free=free, bound=bound, meta=self._meta())
+        avatar = Avatar(body=self.body, betas=self.betas, free=free, bound=bound, meta=AvatarMeta(name="training"))
+        if hasattr(avatar, "cache"):  # posing caches the shape's rest state there: keep it across steps
+            avatar.cache = self._pose_cache
+        return avatar
 
     def learnable_tensors(self) -> dict[str, torch.Tensor]:
         out = dict(self.params)
@@ -537,14 +541,18 @@ class Trainer:
                 self._budget_probe = (step, self.elapsed)
             elif step - self._budget_probe[0] >= BUDGET_PROBE_STEPS:
                 per_step = (self.elapsed - self._budget_probe[1]) / (step - self._budget_probe[0])
-                left = budget - self.elapsed - EXPORT_RESERVE_S
+                left = budget - self.elapsed - self._reserve(budget)
                 fits = step + int(max(0.0, left) / max(per_step, 1e-6))
                 if fits < self.schedule.planned_total:
                     log.info("time budget %.0f s: %.3f s per iteration, planning %d iterations instead of %d",
                              budget, per_step, fits, self.schedule.planned_total)
                     self.schedule.shorten(fits, step)
                 self._budget_planned = True
-        return self.elapsed >= budget - EXPORT_RESERVE_S
+        return self.elapsed >= budget - self._reserve(budget)
+
+    @staticmethod
+    def _reserve(budget: float) -> float:
+        return min(EXPORT_RESERVE_S, 0.05 * budget)
 
     def run(self) -> Path:
         c = self.config
