@@ -355,7 +355,8 @@ class BackendClient:
         except BackendError as exc:
             if exc.code == P.BACKEND_DIED:
                 raise self._fail(BackendError(P.START_FAILED, self._start_failure_message(exc))) from None
-            raise
+            self._kill(proc)
+            raise self._fail(BackendError(P.START_FAILED, f"the backend refused the handshake: {exc.message}")) from None
         if hello.get("protocol_version") != P.PROTOCOL_VERSION:
             self._kill(proc)
             raise self._fail(BackendError(P.VERSION_MISMATCH, f"the backend at {self.python} speaks protocol "

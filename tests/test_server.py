@@ -507,3 +507,13 @@ def test_load_motion(server, avatar, shared_data, tmp_path, body):
     (tmp_path / "junk.npz").write_bytes(b"not a motion at all")
     assert server.error("load_motion", path=str(tmp_path / "junk.npz"))["code"] == "file_error"
     assert server.error("load_motion", path=str(path), fps=-1)["code"] == "bad_request"
+
+
+def test_hello_survives_a_bad_smplx_path(tmp_path):
+    s = RawServer("--smplx", str(tmp_path / "SMPLX_NEUTRAL_missing.npz"))
+    try:
+        h = s.ok("hello")
+        assert h["body_model"]["error"]["code"] == "avatar_error"
+        assert "does not exist" in h["body_model"]["error"]["message"]
+    finally:
+        assert s.close() == 0

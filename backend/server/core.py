@@ -259,12 +259,18 @@ class Server:
         from ..render import available_backends
         from .jobs import job_kinds
 
-        body = self.services.body_model()
+        try:
+            body = self.services.body_model()
+            body_info = dict(body.identity, num_betas=body.num_betas, num_expression=body.num_expression)
+        except Exception as exc:  # noqa: BLE001 - a bad SMPL-X path must not stop the handshake
+            code, message = classify(exc)
+            log.warning("the body model cannot be loaded: %s", message)
+            body_info = {"error": {"code": code, "message": message}}
         return {"protocol_version": P.PROTOCOL_VERSION, "backend_version": __version__,
                 "pid": os.getpid(), "shm_prefix": self.pool.prefix,
                 "device": self.services.device_info(), "rasterizer": self.services.rasterizer(),
                 "rasterizers": available_backends(),
-                "body_model": dict(body.identity, num_betas=body.num_betas, num_expression=body.num_expression),
+                "body_model": body_info,
                 "job_kinds": job_kinds(), "python": sys.executable,
                 "torch_version": __import__("torch").__version__}
 
