@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=1080)
     ap.add_argument("--gaussians", type=int, default=20000)
     ap.add_argument("--device", default=None, help="backend device (default: the backend's choice)")
+    ap.add_argument("--rasterizer", default=None, help="auto (default), torch or gsplat")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
 
@@ -76,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     hello = client.start()
     handle = client.request("load_avatar", path=str(folder))["avatar"]
     item = {"avatar": handle, "transforms": transforms}
+    extra = {"rasterizer": args.rasterizer} if args.rasterizer else {}
+
+    # the frame that comes back is the frame the renderer made (checked against a render here)
+    first = client.render(camera=camera, width=W, height=H, avatars=[item], **extra)
+    with torch.no_grad():
+        from backend.avatar import pose_with_transforms
+        from backend.render import rasterize
+
+        ref = rasterize(pose_with_transforms(avatar, torch.as_tensor(transforms, dtype=torch.float32)), cam,
+                        backend="torch").numpy()
+    rgba_err = float(np.abs(first["rgba"] - np.concatenate([ref["rgb"], ref["alpha"]], -1)).max())
+    both = (ref["alpha"][..., 0] > 0.5) & (first["rgba"][..., 3] > 0.5)
+    depth_err = float(np.abs(first["depth"][both] - ref["depth"][both]).max()) if both.any() else float("nan")
 
     # JSON round trip of a tiny op
     for _ in range(20):
@@ -101,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, kw in modes:
         slot = "bench16" if kw.get("dtype") == "float16" else "frame"
         for _ in range(2):  # warm: first touch of the block, allocator, caches
-            client.render(camera=camera, width=W, height=H, slot=slot, **kw)
+            client.render(camera=camera, width=W, height=H, slot=slot, **kw, **extra)
         rec: dict[str, list[float]] = {k: [] for k in ("total", "render", "pack", "pipe", "copy", "transport")}
         for _ in range(args.frames):
             t0 = time.perf_counter()
-            f = client.render(camera=camera, width=W, height=H, slot=slot, **kw)
+            f = client.render(camera=camera, width=W, height=H, slot=slot, **kw, **extra)
             total = (time.perf_counter() - t0) * 1e3
             tm = f["timing"]
             render = tm["pose_ms"] + tm["raster_ms"]
@@ -124,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         f"# bench/ipc.py — frame transport through the protocol + shared memory ({W}x{H} RGBA + depth)",
         f"date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"cpu: {cpu_name()} ({os.cpu_count()} logical cores); backend device: {dev.get('name')} ({dev.get('type')}), "
-        f"rasterizer: {hello['rasterizer']}",
+        f"rasterizer: {args.rasterizer or hello['rasterizer']}",
         f"python {platform.python_version()}, numpy {np.__version__}, torch {hello.get('torch_version')}, "
         f"backend {hello['backend_version']}, protocol {hello['protocol_version']}",
         f"avatar: template, {args.gaussians} Gaussians; {args.frames} frames per row (after 2 warm-up frames); "
         f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         f"frame: {W * H * 16 / 1e6:.1f} MB RGBA float32 + {W * H * 4 / 1e6:.1f} MB depth",
+        f"check: frame vs a torch-rasterizer render in the benchmark process: max |RGBA diff| {rgba_err:.2e}, "
+        f"max |depth diff| where covered {depth_err:.2e}",
         f"tiny op (status) round trip: median {statistics.median(rt):.3f} ms, p90 {percentile(rt, 90):.3f} ms",
         "",
         "transport = round trip - (pose + rasterize) as the server measured them; it is pack + pipe + copy:",
