@@ -50,7 +50,7 @@ def clip_cameras(avatar: Avatar, motion: Motion, width: int, height: int, mode: 
     aspect = width / height
     tan_y = math.tan(math.radians(fov_y_deg) / 2)
     reach = max(half[1] / tan_y, max(half[0], half[2]) / (tan_y * aspect))
-    distance = reach * 1.1 + float(max(half[0], half[2]))
+    distance = reach * 1.05 + float(max(half[0], half[2])) * (1.0 if mode == "orbit" else 0.5)
     cams = []
     for i in range(motion.num_frames):
         angle = 2 * math.pi * i / max(motion.num_frames, 1) if mode == "orbit" else 0.0

@@ -7,6 +7,7 @@ fills the Combined and Depth passes, which reach the compositor's Render Layers 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -42,12 +43,27 @@ def scene_request(depsgraph: Any) -> tuple[list[dict], list[dict]]:
     return avatars, objects
 
 
-def render_camera(depsgraph: Any, camera: CameraCV | None = None) -> dict:
+def render_camera(depsgraph: Any, camera: CameraCV) -> dict:
+    """One frame from the backend; `timing` in the reply says where the time went."""
+    t0 = time.perf_counter()
     avatars, objects = scene_request(depsgraph)
-    assert camera is not None
-    return session.client().render(camera=camera.as_message(), width=camera.width, height=camera.height,
-                                   avatars=avatars, objects=objects, passes=("rgba", "depth"),
-                                   flip_y=True, depth_empty=DEPTH_EMPTY)
+    t1 = time.perf_counter()
+    reply = session.client().render(camera=camera.as_message(), width=camera.width, height=camera.height,
+                                    avatars=avatars, objects=objects, passes=("rgba", "depth"),
+                                    flip_y=True, depth_empty=DEPTH_EMPTY)
+    reply.setdefault("timing", {})["rig_ms"] = round((t1 - t0) * 1e3, 3)
+    return reply
+
+
+def srgb_to_linear_premultiplied(rgba: np.ndarray) -> np.ndarray:
+    """Gaussian colours are display (sRGB) values, as in every 3DGS model trained on photos;
+    Blender's Combined pass is scene-linear. Convert so the Standard view shows them unchanged."""
+    out = rgba.copy()
+    alpha = np.clip(out[..., 3:4], 1e-8, 1.0)
+    c = np.clip(out[..., :3] / alpha, 0.0, 1.0)
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    out[..., :3] = lin * out[..., 3:4]
+    return out
 
 
 def _over_world(scene: Any, rgba: np.ndarray) -> np.ndarray:
@@ -94,14 +110,18 @@ class DreamWaltzRenderEngine(_engine_base()):
         except Exception as exc:  # one clear report; Blender shows it in the status bar
             self.report({"ERROR"}, f"DreamWaltz render failed: {exc}")
             raise
+        t0 = time.perf_counter()
         result = self.begin_result(0, 0, width, height)
         layer = result.layers[0]
-        rgba = _over_world(scene, reply["rgba"].astype(np.float32))
-        layer.passes["Combined"].rect = rgba.reshape(-1, 4)
+        rgba = _over_world(scene, srgb_to_linear_premultiplied(reply["rgba"].astype(np.float32)))
+        # foreach_set copies in C; assigning `rect` walks a Python sequence (hundreds of ms at 1080p)
+        layer.passes["Combined"].rect.foreach_set(rgba.reshape(-1))
         depth = layer.passes.find_by_name("Depth", "")
         if depth is not None:
-            depth.rect = reply["depth"].astype(np.float32).reshape(-1, 1)
+            depth.rect.foreach_set(reply["depth"].astype(np.float32).reshape(-1))
         self.end_result(result)
+        reply["timing"]["fill_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        session.record_timing(reply["timing"])
         self.update_progress(1.0)
 
     # ---- viewport (Rendered shading) -------------------------------------------------------
@@ -121,7 +141,8 @@ class DreamWaltzRenderEngine(_engine_base()):
         except Exception as exc:
             self.report({"ERROR"}, f"DreamWaltz viewport: {exc}")
             return
-        pixels = gpu.types.Buffer("FLOAT", width * height * 4, reply["rgba"].astype(np.float32).reshape(-1).tolist())
+        rgba = srgb_to_linear_premultiplied(reply["rgba"].astype(np.float32))
+        pixels = gpu.types.Buffer("FLOAT", width * height * 4, rgba.reshape(-1).tolist())
         texture = gpu.types.GPUTexture((width, height), format="RGBA32F", data=pixels)
         gpu.state.blend_set("ALPHA_PREMULT")
         self.bind_display_space_shader(depsgraph.scene)

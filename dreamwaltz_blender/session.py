@@ -11,7 +11,7 @@ from typing import Any
 
 from .client import BackendClient
 
-_state: dict[str, Any] = {"client": None, "avatars": {}, "objects": {}, "settings": None}
+_state: dict[str, Any] = {"client": None, "avatars": {}, "objects": {}, "settings": None, "last_render": {}}
 
 
 def _settings(context: Any) -> tuple:
@@ -78,8 +78,18 @@ def object_handle(path: str, context: Any = None) -> int:
     return _handle("objects", "load_ply", "object", path, context)
 
 
+def record_timing(timing: dict) -> None:
+    """Where the last frame's time went (rig, request, backend pose/raster/pack, fill); shown by
+    the Render panel and read by bench/blender_render.py."""
+    _state["last_render"] = dict(timing)
+
+
+def last_timing() -> dict:
+    return dict(_state["last_render"])
+
+
 def shutdown() -> None:
     current = _state["client"]
-    _state.update(client=None, avatars={}, objects={}, settings=None)
+    _state.update(client=None, avatars={}, objects={}, settings=None, last_render={})
     if current is not None:
         current.close()
