@@ -282,7 +282,7 @@ def test_fixed_image_target_makes_the_photometric_loss_fall(tiny_dir, body):
     def photometric(images, controls, prompts, progress, generator, timer):
         assert controls.shape == images.shape  # the skeleton is drawn for every view
         loss = ((images - targets) ** 2).mean()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss, {}
 
     trainer = Trainer(config, None, guidance=photometric, fixed_views=views)

@@ -224,6 +224,30 @@ def prepare_models(parts: dict[str, Any], device: torch.device | str, dtype: tor
                           dtype=dtype, device=device, sources=dict(sources or {}))
 
 
+def load_tiny_encoder(name: str | os.PathLike, device: torch.device | str, dtype: torch.dtype,
+                      allow_download: bool = False) -> Any:
+    """A TAESD-style `AutoencoderTiny` (e.g. madebyollin/taesd) for the cheaper encoder path."""
+    from diffusers import AutoencoderTiny
+
+    name = str(name)
+    if _is_local(name):
+        path = Path(name).expanduser()
+        if not (path / "config.json").exists():
+            raise GuidanceModelError(f"{path} is not an AutoencoderTiny folder (config.json is missing); "
+                                     "download one with: huggingface-cli download madebyollin/taesd "
+                                     "--local-dir ~/models/taesd")
+        name = str(path)
+    try:
+        with _quiet():
+            enc = AutoencoderTiny.from_pretrained(name, local_files_only=not allow_download, torch_dtype=dtype)
+    except Exception as exc:  # noqa: BLE001
+        raise GuidanceModelError(f"could not load the tiny encoder {name} ({type(exc).__name__}); download it with: "
+                                 "huggingface-cli download madebyollin/taesd --local-dir ~/models/taesd") from exc
+    enc.requires_grad_(False)
+    enc.decoder = None
+    return enc.eval().to(device)
+
+
 def load_guidance_models(sd_model: str | os.PathLike | None = None, controlnet: str | os.PathLike | None = None,
                          device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None,
                          allow_download: bool = False) -> GuidanceModels:

@@ -191,19 +191,20 @@ class SDSGuidance:
         prompts: (kind, view) per image. Returns (loss, info)."""
         m = self.models
         b = images.shape[0]
+        # draw t and the noise first: their host-to-device copies then wait for little GPU work
+        lo, hi = self.t_range(progress)
+        scale = m.vae_scale
+        size = m.image_size
+        shape = (b, int(m.unet.config.in_channels), size // scale, size // scale)
+        t = torch.randint(lo, hi + 1, (b,), generator=generator, device=generator.device).to(m.device)
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(m.device)
         with timer("encode"):
             latents = self.encode(images)
         with timer("unet"):
-            lo, hi = self.t_range(progress)
-            gen_device = generator.device
-            t = torch.randint(lo, hi + 1, (b,), generator=generator, device=gen_device).to(m.device)
-            noise = torch.randn(latents.shape, generator=generator, device=gen_device,
-                                dtype=torch.float32).to(m.device)
             a = m.alphas_cumprod[t].view(b, 1, 1, 1)
             with torch.no_grad():
                 noisy = (a.sqrt() * latents.detach().float() + (1 - a).sqrt() * noise).to(m.dtype)
                 cond = torch.stack([self.embedding(k, v) for k, v in prompts])
-                size = m.image_size
                 ctrl = control
                 if ctrl.shape[-2:] != (size, size):
                     ctrl = F.interpolate(ctrl, size=(size, size), mode="nearest")

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # settings that may change when a run is resumed (where and how it runs, not what it computes)
-RUNTIME_FIELDS = ("sd_model", "controlnet", "allow_download", "device", "dtype", "rasterizer", "compile",
+RUNTIME_FIELDS = ("sd_model", "controlnet", "tiny_encoder", "allow_download", "device", "dtype", "rasterizer", "compile",
                   "checkpoint_every", "preview_every", "time_budget", "log_every", "progress_every")
 
 
@@ -79,6 +79,7 @@ class TrainConfig:
     # runtime
     sd_model: str | None = None
     controlnet: str | None = None
+    tiny_encoder: str | None = None       # AutoencoderTiny (TAESD) folder or id, for sds.encoder = "tiny"
     allow_download: bool = False
     device: str = "auto"
     dtype: str = "auto"                   # diffusion precision: auto (fp16 on CUDA) | fp16 | bf16 | fp32

@@ -33,7 +33,7 @@ from ..avatar import Avatar, AvatarMeta, BoundGaussians, FreeGaussians, pose_wit
 from ..avatar.posing import triangle_frames
 from ..body import BodyModel
 from ..files import write_bytes_atomic, write_text_atomic
-from ..guidance import GuidanceModels, SDSGuidance, load_guidance_models
+from ..guidance import GuidanceModels, SDSGuidance, load_guidance_models, load_tiny_encoder
 from ..render import GaussianSet, rasterize
 from .appearance import ColorField
 from .cameras import CameraSampler, View, front_camera
@@ -123,7 +123,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir: str | Path | None = None,
                  models: GuidanceModels | None = None, progress_cb: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, guidance: Callable[..., Any] | None = None,
-                 fixed_views: list[View] | None = None, timer: PhaseTimer | None = None) -> None:
+                 fixed_views: list[View] | None = None, timer: PhaseTimer | None = None,
+                 tiny_encoder: Any = None) -> None:
         """`guidance` replaces SDS (and the template fit) by any callable with SDS's signature
         (images, controls, prompts, progress, generator, timer) -> (loss, info); `fixed_views`
         replaces the camera sampler (both for tests and experiments)."""
@@ -137,6 +138,7 @@ class Trainer:
         self.fixed_views = fixed_views
         self.timer = timer or PhaseTimer()
         self.sds: SDSGuidance | None = None
+        self.tiny_encoder = tiny_encoder
         self._session_t0 = time.perf_counter()
         self._elapsed_before = 0.0
         self._budget_probe: tuple[int, float] | None = None
@@ -279,17 +281,28 @@ class Trainer:
         if self.schedule.planned_total <= self.schedule.template_end:
             return
         c = self.config
+        compile_now = False
         if self.models is None:
             self.models = load_guidance_models(c.sd_model, c.controlnet, self.device, c.dtype, c.allow_download)
-            if c.compile:
-                self.compile_models()
-        self.sds = SDSGuidance(self.models, c.prompt, c.sds)
+            compile_now = c.compile
+        if c.sds.encoder == "tiny" and self.tiny_encoder is None:
+            if not c.tiny_encoder:
+                raise TrainingError('sds.encoder = "tiny" needs tiny_encoder (an AutoencoderTiny such as madebyollin/taesd)')
+            self.tiny_encoder = load_tiny_encoder(c.tiny_encoder, self.device, self.models.dtype, c.allow_download)
+        if compile_now:
+            self.compile_models()
+        self.sds = SDSGuidance(self.models, c.prompt, c.sds, tiny_encoder=self.tiny_encoder)
 
-    def compile_models(self) -> None:
+    def compile_models(self, mode: str | None = None, dynamic: bool = False) -> None:
+        """torch.compile the UNet, the ControlNet and the encoder (static shapes: one compile
+        per batch size)."""
         m = self.models
-        m.unet = torch.compile(m.unet)
-        m.controlnet = torch.compile(m.controlnet)
-        m.vae.encoder = torch.compile(m.vae.encoder)
+        m.unet = torch.compile(m.unet, mode=mode, dynamic=dynamic)
+        m.controlnet = torch.compile(m.controlnet, mode=mode, dynamic=dynamic)
+        if self.config.sds.encoder == "tiny" and self.tiny_encoder is not None:
+            self.tiny_encoder.encoder = torch.compile(self.tiny_encoder.encoder, mode=mode, dynamic=dynamic)
+        else:
+            m.vae.encoder = torch.compile(m.vae.encoder, mode=mode, dynamic=dynamic)
 
     # ------------------------------------------------------------------------------------------
     # one iteration
@@ -327,6 +340,12 @@ class Trainer:
             views = self.sample_views(posed, keypoints)
             bgs = [torch.as_tensor(_background(c.background, self.rng), dtype=torch.float32, device=self.device)
                    for _ in views]
+        controls = None
+        if stage != "template" or self.guidance_override is not None:
+            # before the render: the skeleton needs a few host syncs, best taken while the GPU is idle
+            with timer("skeleton"):
+                controls = torch.stack([self.skeleton.render(posed["vertices"], posed["joints"], v.camera, keypoints)
+                                        for v in views])
         with timer("render"):
             gs = pose_with_transforms(self.avatar(), posed["transforms"], posed["expression"], posed["rotations"])
             n_free = len(self.params["free.means"])
@@ -345,9 +364,6 @@ class Trainer:
             with timer("unet"):
                 loss = self._template_loss(posed, views, bgs, images_t)
         else:
-            with timer("skeleton"):
-                controls = torch.stack([self.skeleton.render(posed["vertices"], posed["joints"], v.camera, keypoints)
-                                        for v in views])
             prompts = [(v.kind, v.view) for v in views]
             progress = self.schedule.sds_progress(step)
             if self.guidance_override is not None:

@@ -1,0 +1,271 @@
+"""Milliseconds per training iteration of avatar creation (skeleton-guided SDS), split by phase.
+
+    python bench/train.py --out bench/results/train_<card>.txt            # full table (GPU)
+    python bench/train.py --quick --out bench/results/train_<card>_quick.txt
+    python bench/train.py --smoke --out /tmp/train_smoke.txt               # tiny models, CPU check
+
+The diffusion models are Stable Diffusion 1.5's UNet, VAE and CLIP text encoder and the
+OpenPose ControlNet v1.1 built from their configs with random weights: the same shapes and
+FLOPs as the real ones, nothing downloaded. Each row runs the project's own trainer
+(`backend.train.Trainer`): random-pose stage, 512x512 renders of a template avatar of
+--gaussians Gaussians, the OpenPose skeleton of each view, SDS with classifier-free guidance,
+backward through the VAE encoder, the renderer and the posing, Adam and the densification
+bookkeeping. Phases are timed with a GPU synchronisation at each boundary (so they add up to
+a little more than the real time); "ms/iter" is timed without those syncs.
+
+Beside our configurations the table measures a DreamWaltz-G-equivalent one in our code (fp32
+diffusion, one view per step, guidance scale 50), so the speed-up is a ratio from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gc
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.guidance import SDSConfig, SDSGuidance, prepare_models  # noqa: E402
+from backend.guidance.configs import build_random_models, byte_tokenizer  # noqa: E402
+from backend.render import available_backends  # noqa: E402
+from backend.train import PhaseTimer, TrainConfig, Trainer  # noqa: E402
+
+PHASE_COLUMNS = (("sample", ("sample",)), ("render", ("render",)), ("skeleton", ("skeleton",)),
+                 ("encode", ("encode",)), ("unet+cn", ("unet",)), ("backward", ("backward",)),
+                 ("optim", ("optim", "refine")))
+DEFAULT_RECIPE_ITERATIONS = 3000
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    views: int
+    dtype: str
+    compiled: bool = False
+    guidance_scale: float = 50.0
+    encoder: str = "vae"
+    note: str = ""
+
+
+def configurations(quick: bool, smoke: bool) -> list[Row]:
+    if smoke:
+        return [Row("ours", 2, "fp32"), Row("ours", 1, "fp32"), Row("ours", 2, "bf16"),
+                Row("ours+taesd", 2, "fp32", encoder="tiny", note="tiny encoder"),
+                Row("dreamwaltz-g", 1, "fp32", note="fp32, 1 view, cfg 50")]
+    rows = [Row("ours", 4, "fp16"), Row("ours", 1, "fp16")]
+    if not quick:
+        rows += [Row("ours", 4, "bf16"), Row("ours", 1, "bf16")]
+    rows.append(Row("dreamwaltz-g", 1, "fp32", note="fp32, 1 view, cfg 50"))
+    if not quick:
+        rows.append(Row("ours+taesd", 4, "fp16", encoder="tiny", note="tiny encoder (experimental)"))
+    rows.append(Row("ours", 4, "fp16", compiled=True))
+    if not quick:
+        rows += [Row("ours", 4, "bf16", compiled=True), Row("ours", 1, "fp16", compiled=True),
+                 Row("ours", 1, "bf16", compiled=True)]
+    return rows
+
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_master(size: str, device: str, tmp: Path) -> dict:
+    t0 = time.perf_counter()
+    parts = build_random_models(size, seed=0, device=device)
+    parts["tokenizer"] = byte_tokenizer(tmp / "tokenizer")
+    print(f"built random-weight {size} models on {device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return parts
+
+
+def tiny_encoder(device: str, dtype: torch.dtype, smoke: bool):
+    from diffusers import AutoencoderTiny
+
+    enc = AutoencoderTiny()  # the TAESD architecture
+    enc.decoder = None
+    return enc.requires_grad_(False).eval().to(device=device, dtype=dtype)
+
+
+def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> dict:
+    dtype = DTYPES[row.dtype]
+    parts = {k: (copy.deepcopy(v) if k in ("unet", "vae", "text_encoder", "controlnet") else v)
+             for k, v in master.items()}
+    models = prepare_models(parts, device, dtype, {"sd_model": "random", "controlnet": "random"})
+    sds_cfg = SDSConfig(guidance_scale=row.guidance_scale, encoder=row.encoder)
+    config = TrainConfig(prompt="a chef dressed in white", steps=1_000_000, views=row.views,
+                         resolution=args.resolution, num_gaussians=args.gaussians, template_fraction=0.0,
+                         canonical_fraction=0.0, device=device, rasterizer=args.rasterizer, sds=sds_cfg,
+                         checkpoint_every=0, preview_every=0, log_every=0)
+    timer = PhaseTimer(enabled=False, sync=True)
+    enc = tiny_encoder(device, dtype, args.smoke) if row.encoder == "tiny" else None
+    trainer = Trainer(config, None, models=models, timer=timer, tiny_encoder=enc)
+    trainer.ensure_guidance()
+    compile_s = 0.0
+    if row.compiled:
+        torch._dynamo.reset()
+        trainer.compile_models(dynamic=False)
+        t0 = time.perf_counter()
+        for _ in range(2):
+            trainer.train_step()
+            trainer.step_index += 1
+        sync(device)
+        compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        trainer.train_step()
+        trainer.step_index += 1
+    sync(device)
+    # phases, with syncs
+    timer.enabled = True
+    timer.reset()
+    for _ in range(args.iters):
+        trainer.train_step()
+        trainer.step_index += 1
+    phases = {col: sum(timer.totals.get(k, 0.0) for k in keys) / args.iters * 1000 for col, keys in PHASE_COLUMNS}
+    # throughput, without syncs between phases
+    timer.enabled = False
+    samples = []
+    for _ in range(args.iters):
+        sync(device)
+        t0 = time.perf_counter()
+        trainer.train_step()
+        trainer.step_index += 1
+        sync(device)
+        samples.append((time.perf_counter() - t0) * 1000)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    result = {"row": row, "phases": phases, "ms": statistics.median(samples), "compile_s": compile_s,
+              "gaussians": trainer.num_gaussians, "peak_gib": peak}
+    del trainer, models, parts, enc
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def table(results: list[dict], skipped: list[Row], args: argparse.Namespace, device: str, header: list[str]) -> str:
+    cols = [c for c, _ in PHASE_COLUMNS]
+    head = (f"{'configuration':<14} {'views':>5} {'dtype':>5} {'mode':>8} "
+            + " ".join(f"{c:>9}" for c in cols) + f" {'sum':>8} {'ms/iter':>8} {'ms/view':>8} {'peak GiB':>8}  note")
+    lines = header + ["", head, "-" * len(head)]
+    for r in results:
+        row = r["row"]
+        mode = "compiled" if row.compiled else "eager"
+        total = sum(r["phases"].values())
+        lines.append(f"{row.name:<14} {row.views:>5} {row.dtype:>5} {mode:>8} "
+                     + " ".join(f"{r['phases'][c]:>9.1f}" for c in cols)
+                     + f" {total:>8.1f} {r['ms']:>8.1f} {r['ms'] / row.views:>8.1f} {r['peak_gib']:>8.1f}  "
+                     + (row.note + (f"; compile {r['compile_s']:.0f} s" if row.compiled else "")).strip("; "))
+    for row in skipped:
+        lines.append(f"{row.name:<14} {row.views:>5} {row.dtype:>5} {'compiled' if row.compiled else 'eager':>8}  "
+                     "skipped: time limit")
+    dwg = next((r for r in results if r["row"].name == "dreamwaltz-g"), None)
+    ours = [r for r in results if r["row"].name == "ours"]
+    if dwg and ours:
+        best = min(ours, key=lambda r: r["ms"] / r["row"].views)
+        row = best["row"]
+        lines += ["", f"speed-up per rendered view vs the DreamWaltz-G-equivalent configuration: "
+                      f"{dwg['ms'] / (best['ms'] / row.views):.1f}x ({row.views} views, {row.dtype}, "
+                      f"{'compiled' if row.compiled else 'eager'}: {best['ms'] / row.views:.1f} ms/view; "
+                      f"DreamWaltz-G-equivalent: {dwg['ms']:.1f} ms/view)"]
+        four = [r for r in ours if r["row"].views == 4]
+        if four:
+            b4 = min(four, key=lambda r: r["ms"])
+            minutes = DEFAULT_RECIPE_ITERATIONS * b4["ms"] / 60000
+            lines.append(f"default recipe ({DEFAULT_RECIPE_ITERATIONS} iterations x 4 views) at "
+                         f"{b4['ms']:.1f} ms/iteration: {minutes:.1f} min of iterations (plus model loading, "
+                         "previews, checkpoints and export)")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="write the table here too")
+    parser.add_argument("--quick", action="store_true", help="fp16 only: eager 1 and 4 views, compiled 4 views, "
+                                                             "and the DreamWaltz-G-equivalent row")
+    parser.add_argument("--smoke", action="store_true", help="tiny models at 64 px on the CPU (checks the script)")
+    parser.add_argument("--device", default=None, help="default: cuda if available (cpu with --smoke)")
+    parser.add_argument("--iters", type=int, default=None, help="measured iterations per row (default 10; smoke 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="default 3 (smoke 1)")
+    parser.add_argument("--gaussians", type=int, default=None, help="initial Gaussians (default 100000; smoke 2000)")
+    parser.add_argument("--resolution", type=int, default=None, help="render size (default 512; smoke 64)")
+    parser.add_argument("--rasterizer", default="auto", choices=("auto", "torch", "gsplat"))
+    parser.add_argument("--max-minutes", type=float, default=8.0,
+                        help="skip the remaining rows once this much time has passed (default 8)")
+    parser.add_argument("--only", default=None, help="comma-separated row names to run (ours, dreamwaltz-g, ours+taesd)")
+    args = parser.parse_args()
+    device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    args.smoke = args.smoke or device == "cpu"
+    args.iters = args.iters or (2 if args.smoke else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
+    args.gaussians = args.gaussians or (2000 if args.smoke else 100_000)
+    args.resolution = args.resolution or (64 if args.smoke else 512)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    rows = configurations(args.quick, args.smoke)
+    if args.only:
+        keep = set(args.only.split(","))
+        rows = [r for r in rows if r.name in keep]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        master = build_master("tiny" if args.smoke else "sd15", device, Path(tmp))
+        rasterizer = args.rasterizer
+        if rasterizer == "auto":
+            rasterizer = "gsplat" if device == "cuda" and "gsplat" in available_backends() else "torch"
+        header = [f"# avatar creation: ms per training iteration ({'smoke: tiny models' if args.smoke else 'SD 1.5 + ControlNet sizes, random weights'})",
+                  f"device: {device_name(device)}; torch {torch.__version__}"
+                  + (f", CUDA {torch.version.cuda}" if device == "cuda" else "")
+                  + f"; python {platform.python_version()}",
+                  f"render {args.resolution}x{args.resolution} ({rasterizer}), {args.gaussians} initial Gaussians, "
+                  f"random-pose stage, guidance scale 50, {args.iters} measured iterations after {args.warmup} warm-up",
+                  "phases (ms, GPU-synchronised at each boundary): sample = pose + cameras + keypoints, render = "
+                  "posing + rasterisation, skeleton = OpenPose images, encode = VAE encoder, unet+cn = ControlNet + "
+                  "UNet with CFG, backward = through encoder, renderer and posing, optim = Adam + densification stats"]
+        results, skipped = [], []
+        for row in rows:
+            elapsed = (time.perf_counter() - start) / 60
+            if elapsed > args.max_minutes:
+                skipped.append(row)
+                continue
+            label = f"{row.name} {row.views} view(s) {row.dtype} {'compiled' if row.compiled else 'eager'}"
+            print(f"[{elapsed:4.1f} min] {label} ...", file=sys.stderr, flush=True)
+            try:
+                results.append(measure(row, master, args, device))
+            except Exception as exc:  # noqa: BLE001 - one failing row must not lose the table
+                print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                row.note = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                results.append({"row": row, "phases": {c: float("nan") for c, _ in PHASE_COLUMNS},
+                                "ms": float("nan"), "compile_s": 0.0, "gaussians": 0, "peak_gib": float("nan")})
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        text = table(results, skipped, args, device, header)
+        text += f"\ntotal benchmark time {(time.perf_counter() - start) / 60:.1f} min\n"
+    print(text)
+    if args.out:
+        from backend.files import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
