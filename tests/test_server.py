@@ -158,7 +158,7 @@ def test_render_matches_direct_rasterization(server, avatar, small_avatar):
     T[:, 0, 3] = 0.1  # shift the whole body
     r = server.ok("render", width=W, height=H, camera=cam,
                   avatars=[{"avatar": avatar["avatar"], "transforms": T.tolist()}])
-    assert r["num_gaussians"] == 6000 and set(r["timing"]) == {"pose_ms", "raster_ms", "pack_ms"}
+    assert r["num_gaussians"] == 6000 and set(r["timing"]) == {"queue_ms", "pose_ms", "raster_ms", "pack_ms"}
     rgba = read_array(r["arrays"]["rgba"])
     depth = read_array(r["arrays"]["depth"])
     assert rgba.shape == (H, W, 4) and rgba.dtype == np.float32 and depth.shape == (H, W, 1)

@@ -11,6 +11,7 @@ import torch
 
 from .. import protocol as P
 from .core import Services, _matrix
+from .pack import write_plane, write_rgba
 from .shm import ShmPool
 
 
@@ -152,82 +153,18 @@ def render_frame(services: Services, pool: ShmPool, msg: dict) -> dict:
         arrays.append(("depth", "float32", (height, width, 1)))
     block, specs, views = pool.allocate(slot, arrays)
     flip = bool(msg.get("flip_y"))
+    if out.rgb.device.type == "cuda":
+        block.pin_for_cuda()  # once per block: the GPU then copies straight into shared memory
     if "rgba" in passes:
         write_rgba(views["rgba"], out.rgb, out.alpha, flip)
     if "depth" in passes:
         depth = out.depth
         if depth_empty:
             depth = torch.where(out.alpha > 0, depth, torch.full_like(depth, depth_empty))
-        dst = views["depth"][::-1] if flip else views["depth"]
-        np.copyto(dst, depth.detach().cpu().numpy())
+        write_plane(views["depth"], depth, flip)
     t3 = time.perf_counter()
     return {"width": width, "height": height, "slot": slot, "block": block.name, "arrays": specs,
             "num_gaussians": count, "flip_y": flip,
             "timing": {"queue_ms": round((t0 - msg.get("__received", t0)) * 1e3, 3),
                        "pose_ms": round((t1 - t0) * 1e3, 3), "raster_ms": round((t2 - t1) * 1e3, 3),
                        "pack_ms": round((t3 - t2) * 1e3, 3)}}
-
-
-def _four_channel_base(rgb: torch.Tensor) -> torch.Tensor | None:
-    """When `rgb` is the first three channels of a 4-channel pixel layout (as the torch
-    rasterizer returns it), that layout as an (H, W, 4) view, so one block copy moves it."""
-    H, W, _ = rgb.shape
-    if rgb.stride(2) != 1 or rgb.stride(1) != 4 or rgb.stride(0) < 4 * W:
-        return None
-    last = rgb.storage_offset() + (H - 1) * rgb.stride(0) + (W - 1) * 4 + 3
-    if last >= rgb.untyped_storage().nbytes() // rgb.element_size():
-        return None
-    return rgb.as_strided((H, W, 4), rgb.stride(), rgb.storage_offset())
-
-
-def _serial_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst <- src in row blocks below torch's parallel grain size: on small machines waking
-    torch's worker threads for a copy costs more than the copy itself."""
-    rows = max(1, 32000 // max(1, src[0].numel()))
-    for r0 in range(0, src.shape[0], rows):
-        dst[r0:r0 + rows].copy_(src[r0:r0 + rows])
-
-
-def write_rgba(dst: np.ndarray, rgb: torch.Tensor, alpha: torch.Tensor, flip: bool) -> None:
-    """(H, W, 4) RGBA into the shared-memory view `dst` (float32 or float16), rows bottom-up
-    when `flip`. This is the server's share of the transport: keep it a plain memory copy."""
-    if rgb.device.type != "cpu":
-        rgba = torch.cat([rgb, alpha], -1).to(torch.float16 if dst.dtype == np.float16 else torch.float32)
-        if flip:
-            rgba = rgba.flip(0)
-        torch.from_numpy(dst).copy_(rgba)
-        return
-    rgb = rgb.detach()
-    alpha = alpha.detach()
-    base = _four_channel_base(rgb)
-    if dst.dtype == np.float32 and base is not None:
-        d = dst[::-1] if flip else dst
-        np.copyto(d, base.numpy())
-        np.copyto(d[..., 3], alpha.numpy()[..., 0])
-        return
-    if not flip:
-        _pack_serial(torch.from_numpy(dst), rgb, alpha, base)
-        return
-    tmp = _scratch(tuple(dst.shape), dst.dtype)
-    _pack_serial(tmp, rgb, alpha, base)
-    np.copyto(dst[::-1], tmp.numpy())
-
-
-def _pack_serial(dst_t: torch.Tensor, rgb: torch.Tensor, alpha: torch.Tensor, base: torch.Tensor | None) -> None:
-    if base is not None:
-        _serial_copy(dst_t, base)
-    else:
-        _serial_copy(dst_t[..., :3], rgb)
-    _serial_copy(dst_t[..., 3], alpha[..., 0])
-
-
-_SCRATCH: dict[str, torch.Tensor] = {}
-
-
-def _scratch(shape: tuple, dtype: np.dtype) -> torch.Tensor:
-    """A reused buffer (only the request thread packs frames)."""
-    tdtype = torch.float16 if dtype == np.float16 else torch.float32
-    t = _SCRATCH.get("rgba")
-    if t is None or tuple(t.shape) != shape or t.dtype != tdtype:
-        t = _SCRATCH["rgba"] = torch.empty(shape, dtype=tdtype)
-    return t

@@ -28,6 +28,29 @@ class Block:
         self.shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         self.name = name
         self.size = size
+        self._pinned: int | None = None  # address registered with CUDA, when it is
+        self._pin_failed = False
+
+    def pin_for_cuda(self) -> bool:
+        """Page-lock the block for CUDA (cudaHostRegister) so that device-to-host copies land in
+        it directly; False where that is not possible (then copies are staged, still correct)."""
+        if self._pinned is not None or self._pin_failed:
+            return self._pinned is not None
+        try:
+            import torch
+
+            view = np.frombuffer(self.shm.buf, dtype=np.uint8)
+            ptr = int(view.ctypes.data)
+            del view
+            res = torch.cuda.cudart().cudaHostRegister(ptr, self.size, 0)
+            if int(getattr(res, "value", res)) != 0:
+                raise RuntimeError(f"cudaHostRegister returned {res}")
+            self._pinned = ptr
+            return True
+        except Exception as exc:  # noqa: BLE001 - an optimisation only
+            log.info("shared memory %s stays pageable for CUDA copies: %s", self.name, exc)
+            self._pin_failed = True
+            return False
 
     def array(self, spec: dict) -> np.ndarray:
         count = int(np.prod(spec["shape"], dtype=np.int64))
@@ -35,6 +58,14 @@ class Block:
                           offset=spec["offset"]) if count else np.zeros(spec["shape"], spec["dtype"])
 
     def destroy(self) -> None:
+        if self._pinned is not None:
+            try:
+                import torch
+
+                torch.cuda.cudart().cudaHostUnregister(self._pinned)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("cudaHostUnregister failed for %s: %s", self.name, exc)
+            self._pinned = None
         try:
             self.shm.close()
         except BufferError:  # a numpy view is still alive; the mapping goes with it
