@@ -415,3 +415,17 @@ def test_close_is_idempotent_and_restartable(avatar_dir):
     assert not c.alive
     assert c.request("hello")["pid"] != first
     c.close()
+
+
+def test_copy_array_split_over_threads(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(C, "_COPY_POOL", [ThreadPoolExecutor(3)])
+    monkeypatch.setattr(C, "PARALLEL_MIN_BYTES", 1)
+    src = np.random.default_rng(1).random((101, 5, 4)).astype(np.float32)
+    dst = np.empty_like(src)
+    assert C.copy_array(dst, src) is dst
+    np.testing.assert_array_equal(dst, src)
+    one = np.zeros((1, 3))
+    C.copy_array(one, np.ones((1, 3)))
+    assert one.sum() == 3
