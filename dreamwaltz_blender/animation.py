@@ -6,7 +6,7 @@ key), so 10,000 frames of 55 bones take about a second.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def _new_action(arm: Any, name: str) -> tuple[Any, Any]:
         anim.action.use_fake_user = True  # the previous motion stays in the file, not lost
     action = bpy.data.actions.new(name)
     slot = action.slots.new(id_type="OBJECT", name=arm.name)
-    strip = action.layers.new("Motion").strips.new(type="KEYFRAME")
+    strip = cast("bpy.types.ActionKeyframeStrip", action.layers.new("Motion").strips.new(type="KEYFRAME"))
     anim.action = action
     anim.action_slot = slot
     return action, strip.channelbag(slot, ensure=True)

@@ -483,7 +483,8 @@ class BackendClient:
                     self._seen_blocks.add(spec["shm"])
             fut.set_result(msg)
         else:
-            err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+            raw = msg.get("error")
+            err: dict = raw if isinstance(raw, dict) else {}
             fut.set_exception(BackendError(str(err.get("code", "internal")),
                                            str(err.get("message", f"the backend refused {op!r}"))))
 
@@ -593,7 +594,7 @@ class BackendClient:
             return fut.result(wait)
         except concurrent.futures.TimeoutError:
             with self._lock:
-                self._pending.pop(getattr(fut, "request_id", None), None)
+                self._pending.pop(int(getattr(fut, "request_id", -1)), None)
             raise BackendError(self.protocol.TIMEOUT, f"the backend did not answer {op!r} within {wait:g} s "
                                f"(busy or stuck; its log is {self.log_path})") from None
 
@@ -652,7 +653,7 @@ class BackendClient:
 
     def release(self, slot: str | None = None) -> dict:
         """Ask the backend to unlink a slot's block (or all blocks) and drop our mapping."""
-        fields = {"slot": slot} if slot is not None else {"all": True}
+        fields: dict[str, Any] = {"slot": slot} if slot is not None else {"all": True}
         name = self._slot_blocks.pop(slot, None) if slot is not None else None
         if slot is None:
             for mapping in self._maps.values():

@@ -8,7 +8,7 @@ plate's pixels pass through unchanged.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 TREE_NAME = "DreamWaltz Composite"
 
@@ -57,27 +57,35 @@ def show_in_camera(camera_obj: Any, clip: Any) -> None:
     bg.alpha = 1.0
 
 
+def _output(node: Any, name: str) -> Any:
+    sockets = node.outputs
+    assert sockets is not None
+    return sockets[name]
+
+
 def build_compositor(scene: Any, clip: Any) -> Any:
     """Render Layers Alpha Over the plate (Blender 5.0 node groups); returns the node tree."""
     import bpy
 
     tree = bpy.data.node_groups.get(TREE_NAME) or bpy.data.node_groups.new(TREE_NAME, "CompositorNodeTree")
     tree.nodes.clear()
-    if not any(s.in_out == "OUTPUT" for s in tree.interface.items_tree if getattr(s, "item_type", "") == "SOCKET"):
-        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-    layers = tree.nodes.new("CompositorNodeRLayers")
+    interface = cast("bpy.types.NodeTreeInterface", tree.interface)
+    if not any(getattr(s, "in_out", "") == "OUTPUT" for s in interface.items_tree):
+        interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    layers = cast("bpy.types.CompositorNodeRLayers", tree.nodes.new("CompositorNodeRLayers"))
     layers.scene = scene
     layers.location = (-400, 200)
-    plate = tree.nodes.new("CompositorNodeMovieClip")
+    plate = cast("bpy.types.CompositorNodeMovieClip", tree.nodes.new("CompositorNodeMovieClip"))
     plate.clip = clip
     plate.location = (-400, -100)
-    over = tree.nodes.new("CompositorNodeAlphaOver")
+    over = cast("bpy.types.Node", tree.nodes.new("CompositorNodeAlphaOver"))
     over.location = (0, 100)
     out = tree.nodes.new("NodeGroupOutput")
     out.location = (250, 100)
-    tree.links.new(plate.outputs["Image"], over.inputs["Background"])
-    tree.links.new(layers.outputs["Image"], over.inputs["Foreground"])
-    tree.links.new(over.outputs[0], out.inputs[0])
+    links = cast("bpy.types.NodeLinks", tree.links)
+    links.new(_output(plate, "Image"), over.inputs["Background"])
+    links.new(_output(layers, "Image"), over.inputs["Foreground"])
+    links.new(over.outputs[0], out.inputs[0])
     scene.compositing_node_group = tree
     scene.render.use_compositing = True
     scene.render.film_transparent = True

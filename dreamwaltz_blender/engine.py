@@ -142,8 +142,8 @@ class DreamWaltzRenderEngine(_engine_base()):
             self.report({"ERROR"}, f"DreamWaltz viewport: {exc}")
             return
         rgba = srgb_to_linear_premultiplied(reply["rgba"].astype(np.float32))
-        pixels = gpu.types.Buffer("FLOAT", width * height * 4, rgba.reshape(-1).tolist())
-        texture = gpu.types.GPUTexture((width, height), format="RGBA32F", data=pixels)
+        pixels = gpu.types.Buffer("FLOAT", width * height * 4, rgba.reshape(-1).tolist())  # pyright: ignore[reportCallIssue]
+        texture = gpu.types.GPUTexture((width, height), format="RGBA32F", data=pixels)  # pyright: ignore[reportCallIssue]
         gpu.state.blend_set("ALPHA_PREMULT")
         self.bind_display_space_shader(depsgraph.scene)
         draw_texture_2d(texture, (0, 0), width, height)

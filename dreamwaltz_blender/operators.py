@@ -31,6 +31,8 @@ def active_rig(context: Any) -> Any:
 class _Reporting:
     """Run `apply` and turn user errors into one report instead of a traceback."""
 
+    report: Any  # bpy.types.Operator.report, from the operator class this is mixed into
+
     def apply(self, context: Any) -> set[str]:
         raise NotImplementedError
 

@@ -16,12 +16,18 @@ class _Tab:
     bl_region_type = "UI"
     bl_category = "DreamWaltz"
 
+    def ui(self) -> bpy.types.UILayout:
+        """The panel's layout (always set while Blender draws the panel)."""
+        layout = getattr(self, "layout", None)
+        assert layout is not None
+        return layout
+
 
 class DREAMWALTZ_PT_avatar(_Tab, bpy.types.Panel):
     bl_label = "Avatar"
 
     def draw(self, context: Any) -> None:
-        layout = self.layout
+        layout = self.ui()
         layout.operator("dreamwaltz.add_avatar", icon="ARMATURE_DATA")
         layout.operator("dreamwaltz.import_ply", icon="POINTCLOUD_DATA")
         arm = active_rig(context)
@@ -50,7 +56,7 @@ class DREAMWALTZ_PT_shape(_Tab, bpy.types.Panel):
         from .shape import is_edited
 
         arm = active_rig(context)
-        layout = self.layout
+        layout = self.ui()
         shape = arm.dreamwaltz_shape
         col = layout.column(align=True)
         col.prop(shape, "height")
@@ -69,7 +75,7 @@ class DREAMWALTZ_PT_motion(_Tab, bpy.types.Panel):
     bl_label = "Motion"
 
     def draw(self, context: Any) -> None:
-        layout = self.layout
+        layout = self.ui()
         layout.enabled = active_rig(context) is not None
         layout.operator("dreamwaltz.import_motion", icon="ACTION")
         scene = context.scene
@@ -81,7 +87,7 @@ class DREAMWALTZ_PT_render(_Tab, bpy.types.Panel):
     bl_label = "Render & Composite"
 
     def draw(self, context: Any) -> None:
-        layout = self.layout
+        layout = self.ui()
         if context.scene.render.engine != "DREAMWALTZ":
             layout.operator("dreamwaltz.use_engine", icon="RENDER_STILL")
         layout.operator("dreamwaltz.setup_plate", icon="FILE_MOVIE")

@@ -44,7 +44,7 @@ def build_rig(context: Any, name: str, rig: dict, avatar_path: str) -> Any:
     arm["dreamwaltz_num_betas"] = int(rig["num_betas"])
     arm[JOINTS_KEY] = ",".join(rig["joint_names"])
     _add_bones(context, arm, rig["joint_names"], rig["parents"], rig["rest_joints"])
-    for pb in arm.pose.bones:
+    for pb in getattr(arm.pose, "bones", ()):
         pb.rotation_mode = "QUATERNION"
     _add_expression(arm, int(rig["num_expression"]))
     mesh = _proxy_mesh(name, rig)
@@ -67,8 +67,9 @@ def _add_bones(context: Any, arm: Any, names: list[str], parents: np.ndarray, re
         bpy.ops.object.mode_set(mode="OBJECT")
     bpy.ops.object.mode_set(mode="EDIT")
     bones = []
+    edit_bones = arm.data.edit_bones
     for i, name in enumerate(names):
-        b = arm.data.edit_bones.new(name)
+        b = edit_bones.new(name)
         head = tuple(float(x) for x in rest[i])
         b.head = head
         b.tail = (head[0], head[1] + bone_length(name), head[2])

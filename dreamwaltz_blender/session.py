@@ -36,7 +36,7 @@ def backend_env_dir(create: bool = False) -> str:
     from . import __package__ as package
 
     try:
-        return bpy.utils.extension_path_user(package, path="backend-env", create=create)
+        return bpy.utils.extension_path_user(package or "", path="backend-env", create=create)
     except (ValueError, RuntimeError):
         return bpy.utils.user_resource("DATAFILES", path="dreamwaltz/backend-env", create=create)
 

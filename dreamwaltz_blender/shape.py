@@ -196,7 +196,7 @@ def init_rig(arm: Any, trained: list[float], report: dict | None = None) -> None
 
 def register() -> None:
     bpy.utils.register_class(DreamWaltzShape)
-    bpy.types.Object.dreamwaltz_shape = PointerProperty(type=DreamWaltzShape)
+    setattr(bpy.types.Object, "dreamwaltz_shape", PointerProperty(type=DreamWaltzShape))
     bpy.utils.register_class(DREAMWALTZ_OT_apply_shape)
     bpy.utils.register_class(DREAMWALTZ_OT_reset_shape)
 
@@ -204,5 +204,5 @@ def register() -> None:
 def unregister() -> None:
     bpy.utils.unregister_class(DREAMWALTZ_OT_reset_shape)
     bpy.utils.unregister_class(DREAMWALTZ_OT_apply_shape)
-    del bpy.types.Object.dreamwaltz_shape
+    delattr(bpy.types.Object, "dreamwaltz_shape")
     bpy.utils.unregister_class(DreamWaltzShape)

@@ -40,4 +40,14 @@ fi
 
 echo "installing the pinned requirements"
 "${PIP[@]}" install -r requirements.txt
+PYRIGHT_VERSION=1.1.407
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -x .cache/pyright/node_modules/.bin/pyright ]; then
+    echo "installing pyright $PYRIGHT_VERSION (type-checks the add-on against fake-bpy-module)"
+    mkdir -p .cache/pyright
+    npm install --prefix .cache/pyright --no-audit --no-fund --silent "pyright@$PYRIGHT_VERSION"
+  fi
+else
+  echo "note: npm is not installed, so the add-on's type check (pyright) will be skipped" >&2
+fi
 .venv/bin/python -c "import torch, bpy, smplx, numpy; print(f'ready: torch {torch.__version__}, Blender {bpy.app.version_string}, numpy {numpy.__version__}, CUDA {torch.cuda.is_available()}')"
