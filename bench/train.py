@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.guidance import SDSConfig, SDSGuidance, prepare_models  # noqa: E402
+from backend.guidance import SDSConfig, prepare_models  # noqa: E402
 from backend.guidance.configs import build_random_models, byte_tokenizer  # noqa: E402
 from backend.render import available_backends  # noqa: E402
 from backend.train import PhaseTimer, TrainConfig, Trainer  # noqa: E402

@@ -426,3 +426,26 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(tiny_dir, tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip().splitlines()[-1]) == out / "avatar"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_short_run_on_cuda_with_gsplat(tiny_dir, tmp_path, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from backend.avatar import load_avatar
+
+    config = tiny_config(tiny_dir, steps=12, views=4, resolution=64, device="cuda", dtype=dtype,
+                         appearance="hashgrid", expression=True, checkpoint_every=5,
+                         densify={"every": 3, "start": 0.1, "stop": 0.9})
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 6
+
+    with pytest.raises(TrainingCancelled):
+        run_training(config, tmp_path / "gpu", should_cancel=cancel)
+    folder = run_training(config, tmp_path / "gpu", resume=True)
+    avatar = load_avatar(folder, device="cuda")
+    assert avatar.num_gaussians > 1500 and torch.isfinite(avatar.free.means).all()

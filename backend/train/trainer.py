@@ -37,7 +37,7 @@ from ..guidance import GuidanceModels, SDSGuidance, load_guidance_models, load_t
 from ..render import GaussianSet, rasterize
 from .appearance import ColorField
 from .cameras import CameraSampler, View, front_camera
-from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .poses import PoseSampler, to_torch
 from .skeleton import SkeletonRenderer
@@ -644,4 +644,4 @@ def run_training(config: TrainConfig, out_dir: str | Path, progress_cb: Progress
 
 
 __all__ = ["Trainer", "TrainingCancelled", "TrainingError", "PhaseTimer", "run_training", "load_run_config",
-           "CheckpointError", "PHASES"]
+           "PHASES"]
