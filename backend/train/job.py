@@ -94,6 +94,9 @@ def make_train_job(params: dict[str, Any], services: Any = None) -> Any:
                                        "resumable": True}) from None
         except (TrainingError, CheckpointError) as exc:
             raise JobFailed(P.JOB_ERROR, str(exc)) from None
-        return {"avatar": str(folder), "out": str(out), "steps": config.total_steps}
+        from ..avatar import read_meta
+
+        done = read_meta(folder).get("provenance", {}).get("iterations")
+        return {"avatar": str(folder), "out": str(out), "steps": done if done is not None else config.total_steps}
 
     return run
