@@ -533,15 +533,16 @@ class BackendClient:
     def _drop_blocks(self, prefixes: set[str]) -> None:
         """Close our mappings and unlink whatever blocks the ended backend left behind."""
         P = self.protocol
-        for mapping in list(self._maps.values()):
-            mapping.close()
-        self._maps.clear()
-        self._slot_blocks.clear()
-        names = set(self._seen_blocks)
+        with self._lock:
+            for mapping in list(self._maps.values()):
+                mapping.close()
+            self._maps.clear()
+            self._slot_blocks.clear()
+            names = set(self._seen_blocks)
+            self._seen_blocks.clear()
         for prefix in prefixes:
             names.update(P.list_blocks(prefix))
         removed = [n for n in sorted(names) if any(n.startswith(p) for p in prefixes) and unlink_block(n)]
-        self._seen_blocks.clear()
         if removed:
             log.info("removed %d shared-memory blocks the backend left: %s", len(removed), ", ".join(removed))
 
@@ -625,17 +626,23 @@ class BackendClient:
 
     # ---- shared memory -----------------------------------------------------------------
     def _mapping(self, name: str, slot: str | None) -> _Mapping:
-        mapping = self._maps.get(name)
-        if mapping is None:
+        with self._lock:
+            mapping = self._maps.get(name)
+            if mapping is None:
+                if slot is not None:
+                    old = self._slot_blocks.get(slot)
+                    if old is not None and old != name and old in self._maps:
+                        self._maps.pop(old).close()
+                try:
+                    mapping = _Mapping(name)
+                except FileNotFoundError:
+                    raise BackendError(self.protocol.NOT_FOUND, f"the shared-memory block {name} is gone (released, "
+                                       "replaced by a later request, or its backend stopped)") from None
+                self._maps[name] = mapping
+                self._seen_blocks.add(name)
             if slot is not None:
-                old = self._slot_blocks.get(slot)
-                if old is not None and old != name and old in self._maps:
-                    self._maps.pop(old).close()
-            mapping = self._maps[name] = _Mapping(name)
-            self._seen_blocks.add(name)
-        if slot is not None:
-            self._slot_blocks[slot] = name
-        return mapping
+                self._slot_blocks[slot] = name
+            return mapping
 
     def arrays(self, reply: dict, copy: bool = True, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The arrays a reply points at: copies (default), copies into `out`'s arrays, or
@@ -654,14 +661,15 @@ class BackendClient:
     def release(self, slot: str | None = None) -> dict:
         """Ask the backend to unlink a slot's block (or all blocks) and drop our mapping."""
         fields: dict[str, Any] = {"slot": slot} if slot is not None else {"all": True}
-        name = self._slot_blocks.pop(slot, None) if slot is not None else None
-        if slot is None:
-            for mapping in self._maps.values():
-                mapping.close()
-            self._maps.clear()
-            self._slot_blocks.clear()
-        elif name is not None and name in self._maps:
-            self._maps.pop(name).close()
+        with self._lock:
+            name = self._slot_blocks.pop(slot, None) if slot is not None else None
+            if slot is None:
+                for mapping in self._maps.values():
+                    mapping.close()
+                self._maps.clear()
+                self._slot_blocks.clear()
+            elif name is not None and name in self._maps:
+                self._maps.pop(name).close()
         return self.request("release", **fields)
 
     # ---- typed helpers -----------------------------------------------------------------
