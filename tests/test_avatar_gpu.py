@@ -34,3 +34,24 @@ def test_gsplat_and_reference_agree_on_a_posed_avatar():
             assert diff.mean() < 2e-3, f"frame {i} {name}: mean diff {diff.mean():.2e}"
             assert (diff.amax(-1) > 0.05).float().mean() < 5e-3, f"frame {i} {name}: too many pixels differ"
         assert b.alpha.sum() > 1000, "the avatar is in view"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_posing_equals_eager_posing_and_survives_the_next_frame():
+    from backend.avatar import init_template_avatar, pose_with_params
+    from backend.body import BodyModel
+    from backend.dance import dance
+    from backend.sequence import frame_params
+
+    body = BodyModel.load(device="cuda")
+    avatar = init_template_avatar(body, 20_000, seed=0)
+    motion = dance(seconds=1.0, num_expression=body.num_expression)
+    with torch.no_grad():
+        graphed = [pose_with_params(avatar, **frame_params(motion, i)) for i in (3, 9, 3)]
+    assert avatar.cache.get("graphs"), "inference on CUDA replays a CUDA graph"
+    with torch.enable_grad():
+        eager = [pose_with_params(avatar, **frame_params(motion, i)) for i in (3, 9)]
+    for g, e in zip(graphed, eager):
+        torch.testing.assert_close(g.means, e.means.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(g.quats, e.quats.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(graphed[0].means, graphed[2].means)  # earlier results are not overwritten

@@ -6,6 +6,7 @@ SMPL-X pose parameters are first turned into the same transforms by forward kine
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -211,6 +212,54 @@ def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
     )
 
 
+def _pose_device(avatar: Avatar, t: torch.Tensor, expression: torch.Tensor | None,
+                 rots: torch.Tensor | None, state: dict) -> GaussianSet:
+    """Posing proper: device tensors in, Gaussians out, no host synchronisation."""
+    parts = []
+    if len(avatar.free):
+        parts.append(pose_free(avatar, t, state.get("free_means")))
+    if len(avatar.bound):
+        verts = avatar.body.pose_vertices(t[None], None, expression, rots, shaped=state["vertices"])[0]
+        parts.append(pose_bound(avatar, verts))
+    return GaussianSet.concat(parts)
+
+
+class PoseGraph:
+    """One avatar's posing captured as a CUDA graph and replayed per frame.
+
+    Posing is a hundred small kernels; launched one by one from Python they cost several
+    milliseconds, replayed as one graph a fraction of that. Used for inference on CUDA only
+    (no autograd); the result is copied out, so it stays valid after the next frame."""
+
+    def __init__(self, avatar: Avatar, state: dict, t: torch.Tensor, expression: torch.Tensor | None,
+                 rots: torch.Tensor | None) -> None:
+        self.state = state
+        self.inputs = (t.clone(), None if expression is None else expression.clone(),
+                       None if rots is None else rots.clone())
+        side = torch.cuda.Stream(device=t.device)
+        side.wait_stream(torch.cuda.current_stream(t.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                _pose_device(avatar, *self.inputs, state)
+        torch.cuda.current_stream(t.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = _pose_device(avatar, *self.inputs, state)
+
+    def __call__(self, t: torch.Tensor, expression: torch.Tensor | None, rots: torch.Tensor | None) -> GaussianSet:
+        for static, value in zip(self.inputs, (t, expression, rots)):
+            if static is not None:
+                static.copy_(value)
+        self.graph.replay()
+        return GaussianSet(**{name: value.clone() for name, value in self.output._tensors().items()})
+
+
+def _graphable(avatar: Avatar) -> bool:
+    return (avatar.device.type == "cuda" and not torch.is_grad_enabled()
+            and not os.environ.get("DREAMWALTZ_NO_CUDA_GRAPHS")
+            and not any(p.requires_grad for p in (avatar.free.means, avatar.bound.offsets)))
+
+
 def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None,
                          local_rotations: Any = None, betas: Any = None) -> GaussianSet:
     """World-space Gaussians for skinning transforms G_j (55, 4, 4); expression values, the
@@ -219,17 +268,21 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
     device = avatar.device
     t = _checked(transforms, (55, 4, 4), "skinning transforms", device)
     state = shape_state(avatar, betas)
-    parts = []
-    if len(avatar.free):
-        parts.append(pose_free(avatar, t, state.get("free_means")))
-    if len(avatar.bound):
-        rots = None if local_rotations is None else \
-            _checked(local_rotations, (55, 3, 3), "local rotations", device)[None]
-        if expression is not None:
-            expression = _checked(expression, None, "expression values", device).reshape(1, -1)
-        verts = avatar.body.pose_vertices(t[None], None, expression, rots, shaped=state["vertices"])[0]
-        parts.append(pose_bound(avatar, verts))
-    return GaussianSet.concat(parts)
+    rots = None if local_rotations is None or not len(avatar.bound) else \
+        _checked(local_rotations, (55, 3, 3), "local rotations", device)[None]
+    if expression is not None and len(avatar.bound):
+        expression = _checked(expression, None, "expression values", device).reshape(1, -1)
+    else:
+        expression = None
+    if not _graphable(avatar):
+        return _pose_device(avatar, t, expression, rots, state)
+    key = ("graph", id(state), None if expression is None else tuple(expression.shape), rots is None)
+    graphs = avatar.cache.setdefault("graphs", {})
+    if key not in graphs or graphs[key].state is not state:
+        if len(graphs) > 8:
+            graphs.clear()
+        graphs[key] = PoseGraph(avatar, state, t, expression, rots)
+    return graphs[key](t, expression, rots)
 
 
 POSE_PARTS = (("global_orient", 1), ("body_pose", 21), ("jaw_pose", 1), ("leye_pose", 1),
