@@ -26,11 +26,12 @@ def _classes() -> tuple:
 def register() -> None:
     import bpy
 
-    from . import engine, shape
+    from . import create, engine, shape
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     shape.register()
+    create.register()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.add(engine.DreamWaltzRenderEngine.bl_idname)
 
@@ -38,9 +39,10 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import engine, session, shape
+    from . import create, engine, session, shape
 
     session.shutdown()
+    create.unregister()
     shape.unregister()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.discard(engine.DreamWaltzRenderEngine.bl_idname)

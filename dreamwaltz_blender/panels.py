@@ -23,6 +23,45 @@ class _Tab:
         return layout
 
 
+class DREAMWALTZ_PT_create(_Tab, bpy.types.Panel):
+    bl_label = "Create"
+
+    def draw(self, context: Any) -> None:
+        from .create import PREVIEW_IMAGE, eta_text
+
+        layout = self.ui()
+        settings = context.scene.dreamwaltz_create
+        progress = context.window_manager.dreamwaltz_progress
+        col = layout.column()
+        col.prop(settings, "prompt", text="")
+        col.prop(settings, "negative_prompt", text="Avoid")
+        row = col.row()
+        row.prop(settings, "preset", text="")
+        row.prop(settings, "expression", text="Expressions")
+        col.prop(settings, "run_folder")
+        prefs = session.addon_preferences(context)
+        if prefs is not None:
+            col.label(text=f"Models: {prefs.sd_model or '?'} + {prefs.controlnet or '?'}", icon="PREFERENCES")
+        running = progress.state in ("queued", "running")
+        row = layout.row(align=True)
+        if running:
+            row.operator("dreamwaltz.cancel_create", icon="CANCEL")
+        else:
+            row.operator("dreamwaltz.create_avatar", icon="PLAY")
+            row.operator("dreamwaltz.create_avatar", text="Resume", icon="RECOVER_LAST").resume = True
+        if progress.total:
+            text = (f"{progress.stage} {progress.step}/{progress.total}  loss {progress.loss:.3g}  "
+                    f"ETA {eta_text(progress.eta)}")
+            layout.progress(factor=progress.step / max(progress.total, 1), text=text)
+        image = bpy.data.images.get(PREVIEW_IMAGE)
+        if image is not None and image.preview is not None:
+            layout.template_icon(icon_value=image.preview.icon_id, scale=8.0)
+        if progress.state == "done":
+            layout.operator("dreamwaltz.add_created", icon="ADD")
+        if progress.message:
+            layout.label(text=progress.message, icon="ERROR" if progress.state == "failed" else "INFO")
+
+
 class DREAMWALTZ_PT_avatar(_Tab, bpy.types.Panel):
     bl_label = "Avatar"
 
@@ -103,4 +142,4 @@ class DREAMWALTZ_PT_render(_Tab, bpy.types.Panel):
         box.operator("dreamwaltz.restart_backend", icon="FILE_REFRESH")
 
 
-CLASSES = (DREAMWALTZ_PT_avatar, DREAMWALTZ_PT_shape, DREAMWALTZ_PT_motion, DREAMWALTZ_PT_render)
+CLASSES = (DREAMWALTZ_PT_create, DREAMWALTZ_PT_avatar, DREAMWALTZ_PT_shape, DREAMWALTZ_PT_motion, DREAMWALTZ_PT_render)

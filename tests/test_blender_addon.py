@@ -321,3 +321,35 @@ def test_height_slider_reshapes_the_rig_and_the_render_and_reset_restores_it(ava
 def _height_of(body, betas) -> float:
     v = body.shaped_vertices(torch.tensor(betas))
     return float(v[:, 1].max() - v[:, 1].min())
+
+
+def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
+    from .conftest import run_backend
+
+    models = tmp_path / "models"
+    run_backend("dev", "tiny-models", "--out", str(models), check=True)
+    run = tmp_path / "run"
+    result = run_blender(f"""
+        import os
+        prefs = bpy.context.preferences.addons["dreamwaltz_blender"].preferences
+        prefs.sd_model = {str(models / "stable-diffusion")!r}
+        prefs.controlnet = {str(models / "controlnet")!r}
+        s = bpy.context.scene.dreamwaltz_create
+        s.prompt, s.preset, s.steps, s.run_folder = "a chef dressed in white", "draft", 4, {str(run)!r}
+        assert bpy.ops.dreamwaltz.create_avatar() == {{"FINISHED"}}
+        p = bpy.context.window_manager.dreamwaltz_progress
+        result.update(state=p.state, step=p.step, total=p.total, avatar=p.avatar,
+                      preview="DreamWaltz Preview" in bpy.data.images)
+        assert bpy.ops.dreamwaltz.add_created() == {{"FINISHED"}}
+        result["rig"] = bpy.context.active_object.name
+        # a finished run resumed is just its avatar again
+        assert bpy.ops.dreamwaltz.create_avatar(resume=True) == {{"FINISHED"}}
+        result["resumed_state"] = p.state
+    """, tmp_path)
+    assert result["state"] == "done" and result["avatar"] == str(run / "avatar")
+    from backend.avatar import read_meta
+
+    meta = read_meta(run / "avatar")
+    assert meta["prompt"] == "a chef dressed in white" and meta["provenance"]["iterations"] == 4
+    assert result["preview"] and result["rig"].endswith("_rig")
+    assert result["resumed_state"] == "done"
