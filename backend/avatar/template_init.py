@@ -52,7 +52,7 @@ def init_template_avatar(body, num_gaussians: int = 100_000, seed: int = 0, beta
     if num_gaussians < 1:
         raise AvatarInitError(f"an avatar needs at least one Gaussian; got {num_gaussians}")
     rng = np.random.default_rng(seed)
-    betas_t = body._betas(betas)
+    betas_t = body.betas_vector(betas)
     verts = body.shaped_vertices(betas_t).detach().cpu().numpy().astype(np.float64)
     faces = body.faces
     tri = verts[faces]

@@ -137,6 +137,13 @@ class BodyModel:
     def skinning_weights(self) -> torch.Tensor:
         return self._smplx.lbs_weights
 
+    def keypoint_sources(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where smplx's keypoints beyond the 55 joints come from: the vertex of each extra joint
+        (nose, eyes, ears, toes, heels, finger tips; 21), and the 51 face landmarks as triangle
+        indices (51,) with barycentric coordinates (51, 3)."""
+        m = self._smplx
+        return (m.vertex_joint_selector.extra_joints_idxs.long(), m.lmk_faces_idx.long(), m.lmk_bary_coords)
+
     def hand_pca(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         """(components (K, 45) as rows, mean (45,)) of the model's hand pose space."""
         return self._hand[side]
@@ -147,7 +154,8 @@ class BodyModel:
         return self
 
     # ---- shape ------------------------------------------------------------------------------
-    def _betas(self, betas: Any) -> torch.Tensor:
+    def betas_vector(self, betas: Any) -> torch.Tensor:
+        """A full (num_betas,) tensor from fewer values (zeros for the rest), checked."""
         out = torch.zeros(self.num_betas, device=self.device)
         if betas is None:
             return out
@@ -171,7 +179,7 @@ class BodyModel:
     def shaped_vertices(self, betas: Any = None, expression: Any = None) -> torch.Tensor:
         """Rest-pose vertices for a shape (and optional expression), (V, 3)."""
         m = self._smplx
-        v = m.v_template + torch.einsum("vck,k->vc", m.shapedirs, self._betas(betas))
+        v = m.v_template + torch.einsum("vck,k->vc", m.shapedirs, self.betas_vector(betas))
         if expression is not None:
             v = v + torch.einsum("vck,k->vc", m.expr_dirs, self._expression(expression, 1)[0])
         return v

@@ -75,20 +75,16 @@ class SkeletonConfig:
     max_gap: float = 0.2         # joints: metres of their own segments' surface allowed in front
 
 
-def _smplx(body: Any) -> Any:
-    return body._smplx  # the smplx.SMPLX module BodyModel wraps (its vertex ids and landmarks)
-
-
 class KeypointLayout:
     """Turns posed vertices and joints into smplx's 127 keypoints, on the body's device."""
 
     def __init__(self, body: Any) -> None:
-        m = _smplx(body)
-        self.vertex_ids = m.vertex_joint_selector.extra_joints_idxs.to(body.device).long()
+        vertex_ids, lmk_faces, lmk_bary = body.keypoint_sources()
+        self.vertex_ids = vertex_ids.to(body.device)
         faces = torch.as_tensor(body.faces, device=body.device, dtype=torch.long)
         self.faces = faces
-        self.lmk_faces = faces[m.lmk_faces_idx.to(body.device).long()]       # (51, 3)
-        self.lmk_bary = m.lmk_bary_coords.to(body.device).float()            # (51, 3)
+        self.lmk_faces = faces[lmk_faces.to(body.device)]              # (51, 3)
+        self.lmk_bary = lmk_bary.to(body.device).float()               # (51, 3)
 
     def __call__(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         """vertices (V,3), joints (55,3) -> (127,3)."""
