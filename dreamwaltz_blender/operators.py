@@ -28,7 +28,7 @@ def active_rig(context: Any) -> Any:
     return None
 
 
-class _Reporting:
+class Reporting:
     """Run `apply` and turn user errors into one report instead of a traceback."""
 
     report: Any  # bpy.types.Operator.report, from the operator class this is mixed into
@@ -44,17 +44,28 @@ class _Reporting:
             return {"CANCELLED"}
 
 
-class DREAMWALTZ_OT_add_avatar(_Reporting, bpy.types.Operator):
+class _FromFile(Reporting):
+    """An operator that asks for a file or folder first when run from the UI."""
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+
+def require_rig(context: Any) -> Any:
+    arm = active_rig(context)
+    if arm is None:
+        raise ValueError("select an avatar rig first (Add Avatar creates one)")
+    return arm
+
+
+class DREAMWALTZ_OT_add_avatar(_FromFile, bpy.types.Operator):
     """Add an avatar: an SMPL-X rig with its body shape, a proxy mesh, and the Gaussians bound to it"""
 
     bl_idname = "dreamwaltz.add_avatar"
     bl_label = "Add Avatar"
     bl_options = {"REGISTER", "UNDO"}
     filepath: StringProperty(name="Avatar Folder", subtype="DIR_PATH")  # type: ignore[valid-type]
-
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def apply(self, context: Any) -> set[str]:
         path = bpy.path.abspath(self.filepath).rstrip(os.sep)
@@ -81,7 +92,7 @@ class DREAMWALTZ_OT_add_avatar(_Reporting, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_import_ply(_Reporting, bpy.types.Operator):
+class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
     """Import a 3DGS .ply as a static Gaussian object that renders together with avatars"""
 
     bl_idname = "dreamwaltz.import_ply"
@@ -91,10 +102,6 @@ class DREAMWALTZ_OT_import_ply(_Reporting, bpy.types.Operator):
     filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
     y_up: BoolProperty(name="Y Up", default=True,  # type: ignore[valid-type]
                        description="The file is Y-up (as DreamWaltz exports); rotate it to Blender's Z-up")
-
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def apply(self, context: Any) -> set[str]:
         import math
@@ -117,7 +124,7 @@ class DREAMWALTZ_OT_import_ply(_Reporting, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_import_motion(_Reporting, bpy.types.Operator):
+class DREAMWALTZ_OT_import_motion(_FromFile, bpy.types.Operator):
     """Import motion (AMASS, AIST++, Motion-X, TalkSHOW, DreamWaltz-G, ReEnact, TRAM) onto the active avatar"""
 
     bl_idname = "dreamwaltz.import_motion"
@@ -131,16 +138,10 @@ class DREAMWALTZ_OT_import_motion(_Reporting, bpy.types.Operator):
     frame_start: IntProperty(name="Start Frame", default=-1,  # type: ignore[valid-type]
                              description="First frame of the motion (-1: the scene's start)")
 
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
     def apply(self, context: Any) -> set[str]:
         from .motion_import import import_motion
 
-        arm = active_rig(context)
-        if arm is None:
-            raise ValueError("select an avatar rig first (Add Avatar creates one)")
+        arm = require_rig(context)
         start = None if self.frame_start < 0 else self.frame_start
         motion = import_motion(context, arm, bpy.path.abspath(self.filepath), self.target_fps,
                                self.use_source_fps, start)
@@ -149,17 +150,13 @@ class DREAMWALTZ_OT_import_motion(_Reporting, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_setup_plate(_Reporting, bpy.types.Operator):
+class DREAMWALTZ_OT_setup_plate(_FromFile, bpy.types.Operator):
     """Put a video or image sequence behind the avatars: camera background and compositor"""
 
     bl_idname = "dreamwaltz.setup_plate"
     bl_label = "Set Up Plate"
     bl_options = {"REGISTER", "UNDO"}
     filepath: StringProperty(name="Plate", subtype="FILE_PATH")  # type: ignore[valid-type]
-
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def apply(self, context: Any) -> set[str]:
         from .compositing import setup_plate
@@ -169,7 +166,7 @@ class DREAMWALTZ_OT_setup_plate(_Reporting, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_import_reenactment(_Reporting, bpy.types.Operator):
+class DREAMWALTZ_OT_import_reenactment(_FromFile, bpy.types.Operator):
     """A ready shot from a Motion-X-ReEnact clip or a TRAM result: camera, motion and plate"""
 
     bl_idname = "dreamwaltz.import_reenactment"
@@ -178,16 +175,10 @@ class DREAMWALTZ_OT_import_reenactment(_Reporting, bpy.types.Operator):
     filepath: StringProperty(name="Clip JSON or TRAM Folder", subtype="FILE_PATH")  # type: ignore[valid-type]
     plate: StringProperty(name="Plate (inpainted video)", subtype="FILE_PATH")  # type: ignore[valid-type]
 
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
     def apply(self, context: Any) -> set[str]:
         from .motion_import import import_reenactment
 
-        arm = active_rig(context)
-        if arm is None:
-            raise ValueError("select an avatar rig first (Add Avatar creates one)")
+        arm = require_rig(context)
         plate = bpy.path.abspath(self.plate) if self.plate else None
         motion = import_reenactment(context, arm, bpy.path.abspath(self.filepath), plate)
         self.report({"INFO"}, f"reenactment shot: {motion['num_frames']} frames with a keyed camera")

@@ -15,6 +15,7 @@ import numpy as np
 from bpy.props import FloatProperty, FloatVectorProperty, PointerProperty
 
 from . import session
+from .operators import Reporting, require_rig
 from .rig import AVATAR_KEY, ordered_pose_bones
 
 TRAINED_KEY = "dreamwaltz_trained_betas"
@@ -137,7 +138,7 @@ class DreamWaltzShape(bpy.types.PropertyGroup):
         description="Body mass from volume at 985 kg/m³; sets the betas that reach it and keep the height")
 
 
-class DREAMWALTZ_OT_apply_shape(bpy.types.Operator):
+class DREAMWALTZ_OT_apply_shape(Reporting, bpy.types.Operator):
     """Rebuild the active avatar's rig for its shape sliders (bones' rest positions, proxy mesh)"""
 
     bl_idname = "dreamwaltz.apply_shape"
@@ -146,36 +147,22 @@ class DREAMWALTZ_OT_apply_shape(bpy.types.Operator):
     height: FloatProperty(name="Height", default=0.0, unit="LENGTH")  # type: ignore[valid-type]
     weight: FloatProperty(name="Weight (kg)", default=0.0)  # type: ignore[valid-type]
 
-    def execute(self, context: Any) -> set[str]:
-        from .operators import active_rig
-
-        arm = active_rig(context)
-        if arm is None:
-            self.report({"ERROR"}, "select an avatar rig first")
-            return {"CANCELLED"}
-        try:
-            reply = apply(context, arm, height=self.height or None, weight=self.weight or None)
-        except (ValueError, RuntimeError, OSError) as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+    def apply(self, context: Any) -> set[str]:
+        arm = require_rig(context)
+        reply = apply(context, arm, height=self.height or None, weight=self.weight or None)
         self.report({"INFO"}, f"shape: {reply['height']:.3f} m, {reply['weight']:.1f} kg")
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_reset_shape(bpy.types.Operator):
+class DREAMWALTZ_OT_reset_shape(Reporting, bpy.types.Operator):
     """Return the active avatar to the body shape it was trained with"""
 
     bl_idname = "dreamwaltz.reset_shape"
     bl_label = "Reset Shape"
     bl_options = {"REGISTER", "UNDO"}
 
-    def execute(self, context: Any) -> set[str]:
-        from .operators import active_rig
-
-        arm = active_rig(context)
-        if arm is None:
-            self.report({"ERROR"}, "select an avatar rig first")
-            return {"CANCELLED"}
+    def apply(self, context: Any) -> set[str]:
+        arm = require_rig(context)
         apply(context, arm, betas=trained_betas(arm))
         return {"FINISHED"}
 
