@@ -44,13 +44,14 @@ def scene_request(depsgraph: Any) -> tuple[list[dict], list[dict]]:
 
 
 def render_camera(depsgraph: Any, camera: CameraCV) -> dict:
-    """One frame from the backend; `timing` in the reply says where the time went."""
+    """One frame from the backend; `timing` in the reply says where the time went. The arrays
+    are views of shared memory (no copy), valid until the next frame: use them at once."""
     t0 = time.perf_counter()
     avatars, objects = scene_request(depsgraph)
     t1 = time.perf_counter()
     reply = session.client().render(camera=camera.as_message(), width=camera.width, height=camera.height,
                                     avatars=avatars, objects=objects, passes=("rgba", "depth"),
-                                    flip_y=True, depth_empty=DEPTH_EMPTY)
+                                    flip_y=True, depth_empty=DEPTH_EMPTY, copy=False)
     reply.setdefault("timing", {})["rig_ms"] = round((t1 - t0) * 1e3, 3)
     return reply
 

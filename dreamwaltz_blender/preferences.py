@@ -25,7 +25,7 @@ class DreamWaltzPreferences(bpy.types.AddonPreferences):
         name="SMPL-X File", subtype="FILE_PATH",
         description="Your licensed SMPLX_NEUTRAL_2020.npz (empty: the open template, a procedural mannequin)")
     sd_model: StringProperty(  # type: ignore[valid-type]
-        name="Stable Diffusion 1.5", default="runwayml/stable-diffusion-v1-5",
+        name="Stable Diffusion 1.5", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="A local diffusers folder or a Hugging Face id")
     controlnet: StringProperty(  # type: ignore[valid-type]
         name="OpenPose ControlNet", default="lllyasviel/control_v11p_sd15_openpose",
