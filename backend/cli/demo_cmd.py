@@ -3,7 +3,8 @@
 The open-template avatar dances (the project's own dance, or `--motion FILE`) over a plate (a
 generated stage, or `--plate VIDEO`), rendered by real Blender, headless, with the add-on
 registered: Add Avatar, Import Motion, Set Up Plate, the DreamWaltz engine and the compositor.
-The frames become `OUT/demo.mp4` and `OUT/contact_sheet.png`. Where the `bpy` module is missing
+The frames become `OUT/demo.mp4` and `OUT/contact_sheet.png`. With `--prompt` (on a GPU machine
+with the diffusion weights) it creates the avatar from text first. Where the `bpy` module is missing
 (a render node without Blender) the backend renders the same shot alone and says so.
 """
 
@@ -86,6 +87,25 @@ def _render_backend_only(avatar, motion, cameras, frames_dir: Path, plate_dir: P
     del torch
 
 
+def _train(args: argparse.Namespace, run: Path) -> Path:
+    """Create the avatar from `--prompt` first (a GPU and the diffusion weights are needed for a
+    real avatar; tiny random-weight models run anywhere). A second demo run resumes the run."""
+    from .train_cmd import main as train_main
+
+    argv = ["--out", str(run)]
+    if (run / "config.json").exists():
+        argv.append("--resume")
+    else:
+        argv += ["--prompt", args.prompt]
+        for flag, value in (("--sd-model", args.sd_model), ("--controlnet", args.controlnet),
+                            ("--preset", args.preset), ("--steps", args.steps)):
+            if value is not None:
+                argv += [flag, str(value)]
+    if train_main(argv) != 0:
+        raise CommandError(f"training the demo's avatar failed (run folder {run})")
+    return run / "avatar"
+
+
 def _main(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -99,11 +119,20 @@ def _main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     timings: list[tuple[str, float]] = []
     t = time.perf_counter()
-    body = BodyModel.load(device=resolve_device(args.device))
-    avatar = init_template_avatar(body, args.gaussians, seed=0)
-    avatar.meta.name = "mannequin"
-    save_avatar(avatar, out / "avatar")
-    timings.append((f"open template + template avatar ({avatar.num_gaussians:,} Gaussians)", time.perf_counter() - t))
+    device = resolve_device(args.device)
+    body = BodyModel.load(device=device)
+    if args.prompt:
+        avatar_dir = _train(args, out / "train")
+        from ..avatar import load_avatar
+
+        avatar = load_avatar(avatar_dir, device=device)
+        timings.append((f"train an avatar for {args.prompt!r} ({avatar.num_gaussians:,} Gaussians)",
+                        time.perf_counter() - t))
+    else:
+        avatar = init_template_avatar(body, args.gaussians, seed=0)
+        avatar.meta.name = "mannequin"
+        avatar_dir = save_avatar(avatar, out / "avatar")
+        timings.append((f"open template + template avatar ({avatar.num_gaussians:,} Gaussians)", time.perf_counter() - t))
 
     t = time.perf_counter()
     motion = load(args.motion, args.fps, body, seconds=args.seconds)
@@ -126,7 +155,7 @@ def _main(args: argparse.Namespace) -> int:
         old.unlink()
     t = time.perf_counter()
     if _blender_available():
-        blender = _render_in_blender(args, out / "avatar", motion_file, plate, camera_file, frames_dir, motion.fps)
+        blender = _render_in_blender(args, avatar_dir, motion_file, plate, camera_file, frames_dir, motion.fps)
         timings += [(f"blender: {k}", v) for k, v in blender.items()]
     else:
         print("note: the bpy module is not installed here; the backend renders the shot without Blender",
@@ -155,7 +184,7 @@ def _main(args: argparse.Namespace) -> int:
     for name, seconds in timings:
         print(f"  {name:<{width}}  {seconds:7.1f} s")
     print(f"\ndemo video:    {out / 'demo.mp4'}\ncontact sheet: {out / 'contact_sheet.png'}\n"
-          f"avatar:        {out / 'avatar'} (open it in Blender with DreamWaltz > Add Avatar)")
+          f"avatar:        {avatar_dir} (open it in Blender with DreamWaltz > Add Avatar)")
     return 0
 
 
@@ -169,5 +198,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--gaussians", type=int, default=60_000)
+    parser.add_argument("--prompt", default=None,
+                        help="create the avatar from this prompt first (needs SD 1.5 + ControlNet weights)")
+    parser.add_argument("--sd-model", default=None, metavar="DIR|ID")
+    parser.add_argument("--controlnet", default=None, metavar="DIR|ID")
+    parser.add_argument("--preset", choices=("draft", "default", "high"), default=None)
+    parser.add_argument("--steps", type=int, default=None, help="training iterations (default: the preset's)")
     add_device(parser)
     return run(_main, parser, argv)
