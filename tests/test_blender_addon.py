@@ -353,3 +353,49 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
     assert meta["prompt"] == "a chef dressed in white" and meta["provenance"]["iterations"] == 4
     assert result["preview"] and result["rig"].endswith("_rig")
     assert result["resumed_state"] == "done"
+
+
+def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_path):
+    from PIL import Image
+
+    from .conftest import run_backend
+
+    ply = tmp_path / "statue.ply"
+    run_backend("export-ply", "--avatar", str(avatar_dir), "--out", str(ply), check=True)
+    shots = {name: tmp_path / f"{name}.png" for name in ("both", "constrained")}
+    result = run_blender(f"""
+        scene = bpy.context.scene
+        scene.render.resolution_x, scene.render.resolution_y = 200, 100
+        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+        scene.collection.objects.link(cam)
+        scene.camera = cam
+        cam.location, cam.rotation_euler = (0.6, -7.0, 0.0), (1.5708, 0.0, 0.0)
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+        arm = bpy.context.active_object
+        assert bpy.ops.dreamwaltz.import_ply(filepath={str(ply)!r}) == {{"FINISHED"}}
+        statue = [o for o in bpy.data.objects if "dreamwaltz_ply" in o][0]
+        statue.location.x = 2.2
+        bpy.ops.dreamwaltz.use_engine()
+        scene.render.film_transparent = True
+        scene.render.image_settings.color_mode = "RGBA"
+        scene.render.filepath = {str(shots["both"])!r}
+        bpy.ops.render.render(write_still=True)
+        # a constraint (not a key) moves the arm: the engine reads the evaluated rig
+        target = bpy.data.objects.new("Target", None)
+        scene.collection.objects.link(target)
+        target.location = (-0.3, 0.0, 2.5)
+        c = arm.pose.bones["right_shoulder"].constraints.new("DAMPED_TRACK")
+        c.target, c.track_axis = target, "TRACK_NEGATIVE_X"
+        scene.render.filepath = {str(shots["constrained"])!r}
+        bpy.ops.render.render(write_still=True)
+        result["statue_gaussians"] = statue["dreamwaltz_gaussians"]
+    """, tmp_path)
+    assert result["statue_gaussians"] == 6000
+    both = np.asarray(Image.open(shots["both"]))[..., 3] > 128
+    columns = np.nonzero(both.any(0))[0]
+    gaps = np.nonzero(np.diff(columns) > 3)[0]
+    assert len(gaps) >= 1, "two separate figures: the avatar and the static Gaussian object"
+    constrained = np.asarray(Image.open(shots["constrained"]))[..., 3] > 128
+    changed = both != constrained
+    assert changed.sum() > 50, "the constraint moved the rendered arm"
+    assert changed[:, 125:].sum() == 0, "the static object did not move"
