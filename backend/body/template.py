@@ -6,7 +6,7 @@ like a wooden mannequin) with SMPL-X's 55 joints, names and hierarchy, written a
 `smplx.SMPLX` loads unchanged. It is NOT a statistical body model: its shape and expression
 spaces are hand-designed displacement fields (height, girth, limb lengths...; jaw, smile,
 brows...), its hand "PCA" is a basis of hand synergies, and its pose correctives are a simple
-volume-keeping bulge at elbows and knees. Generation is deterministic: same version, same bytes.
+volume-keeping bulge at elbows and knees. Generation is deterministic: same code, same arrays.
 """
 
 from __future__ import annotations
