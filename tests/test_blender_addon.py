@@ -399,3 +399,34 @@ def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_pat
     changed = both != constrained
     assert changed.sum() > 50, "the constraint moved the rendered arm"
     assert changed[:, 125:].sum() == 0, "the static object did not move"
+
+
+def test_a_saved_blend_file_renders_again_after_reopening(avatar_dir, tmp_path):
+    from PIL import Image
+
+    blend, frame = tmp_path / "shot.blend", tmp_path / "again.png"
+    result = run_blender(f"""
+        from dreamwaltz_blender import session
+        scene = bpy.context.scene
+        scene.render.resolution_x, scene.render.resolution_y = 80, 120
+        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+        scene.collection.objects.link(cam)
+        scene.camera = cam
+        cam.location, cam.rotation_euler = (0.0, -6.0, 0.0), (1.5708, 0.0, 0.0)
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+        bpy.ops.dreamwaltz.apply_shape(height=1.85)
+        bpy.ops.dreamwaltz.use_engine()
+        scene.render.film_transparent = True
+        bpy.ops.wm.save_as_mainfile(filepath={str(blend)!r})
+        session.shutdown()  # as if Blender had been closed
+        bpy.ops.wm.open_mainfile(filepath={str(blend)!r})
+        scene = bpy.context.scene
+        arm = [o for o in scene.objects if o.type == "ARMATURE"][0]
+        result["height"] = arm.dreamwaltz_shape.height
+        scene.render.image_settings.color_mode = "RGBA"
+        scene.render.filepath = {str(frame)!r}
+        bpy.ops.render.render(write_still=True)
+    """, tmp_path)
+    assert result["height"] == pytest.approx(1.85, abs=2e-3)
+    alpha = np.asarray(Image.open(frame))[..., 3]
+    assert (alpha > 128).sum() > 300, "the reopened scene renders its avatar"
