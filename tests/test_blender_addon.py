@@ -430,3 +430,18 @@ def test_a_saved_blend_file_renders_again_after_reopening(avatar_dir, tmp_path):
     assert result["height"] == pytest.approx(1.85, abs=2e-3)
     alpha = np.asarray(Image.open(frame))[..., 3]
     assert (alpha > 128).sum() > 300, "the reopened scene renders its avatar"
+
+
+def test_a_backend_python_that_does_not_exist_is_one_clear_error(avatar_dir, tmp_path):
+    result = run_blender(f"""
+        prefs = bpy.context.preferences.addons["dreamwaltz_blender"].preferences
+        prefs.python = "/nonexistent/python3"
+        try:
+            bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+            result["error"] = None
+        except RuntimeError as exc:
+            result["error"] = str(exc)
+        result["objects"] = len(bpy.data.objects)
+    """, tmp_path)
+    assert "/nonexistent/python3" in result["error"]
+    assert result["objects"] == 0, "nothing half-built is left in the scene"
