@@ -196,23 +196,20 @@ class Services:
                                       "or loaded by an earlier backend process)")
             self._by_path.pop((table, entry["path"]), None)
 
-    def avatar(self, handle: Any) -> Any:
-        handle = _handle(handle, "avatar")
+    def _lookup(self, table: dict, handle: Any, what: str, loader: str) -> dict:
+        handle = _handle(handle, what.split()[-1])
         with self._lock:
-            entry = self.avatars.get(handle)
+            entry = table.get(handle)
         if entry is None:
-            raise P.ProtocolError(P.NOT_FOUND, f"there is no avatar with handle {handle} (load it with load_avatar; "
+            raise P.ProtocolError(P.NOT_FOUND, f"there is no {what} with handle {handle} (load it with {loader}; "
                                   "handles do not survive a backend restart)")
-        return entry["avatar"]
+        return entry
+
+    def avatar(self, handle: Any) -> Any:
+        return self._lookup(self.avatars, handle, "avatar", "load_avatar")["avatar"]
 
     def static_object(self, handle: Any) -> Any:
-        handle = _handle(handle, "object")
-        with self._lock:
-            entry = self.objects.get(handle)
-        if entry is None:
-            raise P.ProtocolError(P.NOT_FOUND, f"there is no static object with handle {handle} (load it with "
-                                  "load_ply; handles do not survive a backend restart)")
-        return entry["gaussians"]
+        return self._lookup(self.objects, handle, "static object", "load_ply")["gaussians"]
 
 
 class Server:
