@@ -71,10 +71,8 @@ class DREAMWALTZ_OT_add_avatar(_FromFile, bpy.types.Operator):
         path = bpy.path.abspath(self.filepath).rstrip(os.sep)
         if not os.path.isdir(path):
             raise ValueError(f"the avatar folder {path} does not exist")
-        client = session.client(context)
-        handle = session.avatar_handle(path, context)
-        rig = client.rig(handle)
-        meta = client.request("load_avatar", path=path)
+        meta = session.load("avatars", path, context)
+        rig = session.client(context).rig(int(meta["avatar"]))
         name = meta.get("name") or os.path.basename(path)
         if name == "template":
             name = os.path.basename(path)
@@ -107,7 +105,7 @@ class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
         import math
 
         path = bpy.path.abspath(self.filepath)
-        reply = session.client(context).request("load_ply", path=path)
+        reply = session.load("objects", path, context)
         lo, hi = reply["bounds"]["min"], reply["bounds"]["max"]
         corners = [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
         edges = [(0, 1), (0, 2), (0, 4), (1, 3), (1, 5), (2, 3), (2, 6), (3, 7), (4, 5), (4, 6), (5, 7), (6, 7)]

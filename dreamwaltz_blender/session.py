@@ -59,23 +59,33 @@ def client(context: Any = None) -> BackendClient:
     return current
 
 
-def _handle(kind: str, op: str, field: str, path: str, context: Any = None) -> int:
+LOADERS = {"avatars": ("load_avatar", "avatar"), "objects": ("load_ply", "object")}
+
+
+def load(kind: str, path: str, context: Any = None) -> dict:
+    """Ask the backend to load an avatar folder or a PLY (cheap when it already has it) and
+    remember the handle for this backend process; returns the backend's reply."""
+    op, field = LOADERS[kind]
     c = client(context)
-    key = (c.generation, os.path.abspath(path))
-    table = _state[kind]
-    if key not in table or not c.alive:
-        reply = c.request(op, path=path)
-        table[(c.generation, os.path.abspath(path))] = int(reply[field])
-        return int(reply[field])
-    return table[key]
+    reply = c.request(op, path=path)
+    _state[kind][(c.generation, os.path.abspath(path))] = int(reply[field])
+    return reply
+
+
+def _handle(kind: str, path: str, context: Any = None) -> int:
+    c = client(context)
+    handle = _state[kind].get((c.generation, os.path.abspath(path)))
+    if handle is None or not c.alive:
+        return int(load(kind, path, context)[LOADERS[kind][1]])
+    return handle
 
 
 def avatar_handle(path: str, context: Any = None) -> int:
-    return _handle("avatars", "load_avatar", "avatar", path, context)
+    return _handle("avatars", path, context)
 
 
 def object_handle(path: str, context: Any = None) -> int:
-    return _handle("objects", "load_ply", "object", path, context)
+    return _handle("objects", path, context)
 
 
 def record_timing(timing: dict) -> None:
