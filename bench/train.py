@@ -39,7 +39,7 @@ from backend.guidance.configs import build_random_models, byte_tokenizer  # noqa
 from backend.render import available_backends  # noqa: E402
 from backend.train import PhaseTimer, TrainConfig, Trainer  # noqa: E402
 
-PHASE_COLUMNS = (("sample", ("sample",)), ("render", ("render",)), ("skeleton", ("skeleton",)),
+PHASE_COLUMNS = (("batch", ("sample",)), ("render", ("render",)),
                  ("encode", ("encode",)), ("unet+cn", ("unet",)), ("backward", ("backward",)),
                  ("optim", ("optim", "refine")))
 DEFAULT_RECIPE_ITERATIONS = 3000
@@ -53,25 +53,30 @@ class Row:
     compiled: bool = False
     guidance_scale: float = 50.0
     encoder: str = "vae"
+    speedups: bool = True      # CUDA graphs, channels-last and the batch workers
     note: str = ""
+
+    @property
+    def id(self) -> str:
+        base = {"ours": "", "ours+taesd": "taesd-", "dreamwaltz-g": "dwg-", "plain": "plain-"}[self.name]
+        return f"{base}{self.views}-{self.dtype}" + ("-c" if self.compiled else "")
 
 
 def configurations(quick: bool, smoke: bool) -> list[Row]:
+    """In order of importance (a time limit skips the last ones)."""
+    dwg = Row("dreamwaltz-g", 1, "fp32", speedups=False, note="fp32, 1 view, cfg 50, no speed-ups")
+    plain = Row("plain", 2 if smoke else 4, "fp32" if smoke else "fp16", speedups=False, note="ours without graphs, channels-last, workers")
     if smoke:
         return [Row("ours", 2, "fp32"), Row("ours", 1, "fp32"), Row("ours", 2, "bf16"),
-                Row("ours+taesd", 2, "fp32", encoder="tiny", note="tiny encoder"),
-                Row("dreamwaltz-g", 1, "fp32", note="fp32, 1 view, cfg 50")]
-    rows = [Row("ours", 4, "fp16"), Row("ours", 1, "fp16")]
-    if not quick:
-        rows += [Row("ours", 4, "bf16"), Row("ours", 1, "bf16")]
-    rows.append(Row("dreamwaltz-g", 1, "fp32", note="fp32, 1 view, cfg 50"))
-    if not quick:
-        rows.append(Row("ours+taesd", 4, "fp16", encoder="tiny", note="tiny encoder (experimental)"))
-    rows.append(Row("ours", 4, "fp16", compiled=True))
-    if not quick:
-        rows += [Row("ours", 4, "bf16", compiled=True), Row("ours", 1, "fp16", compiled=True),
-                 Row("ours", 1, "bf16", compiled=True)]
-    return rows
+                Row("ours+taesd", 2, "fp32", encoder="tiny", note="tiny encoder"), dwg, plain]
+    rows = [Row("ours", 4, "fp16"), Row("ours+taesd", 4, "fp16", encoder="tiny", note="tiny encoder (TAESD)"),
+            dwg, plain, Row("ours", 1, "fp16"), Row("ours", 4, "fp16", compiled=True)]
+    if quick:
+        return rows
+    return rows + [Row("ours", 4, "bf16"), Row("ours", 1, "bf16"),
+                   Row("ours+taesd", 4, "fp16", encoder="tiny", compiled=True, note="tiny encoder (TAESD)"),
+                   Row("ours", 1, "fp16", compiled=True), Row("ours", 4, "bf16", compiled=True),
+                   Row("ours", 1, "bf16", compiled=True)]
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -113,7 +118,8 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
     config = TrainConfig(prompt="a chef dressed in white", steps=1_000_000, views=row.views,
                          resolution=args.resolution, num_gaussians=args.gaussians, template_fraction=0.0,
                          canonical_fraction=0.0, device=device, rasterizer=args.rasterizer, sds=sds_cfg,
-                         checkpoint_every=0, preview_every=0, log_every=0)
+                         checkpoint_every=0, preview_every=0, log_every=0, compile=row.compiled,
+                         cuda_graphs=row.speedups, channels_last=row.speedups, workers=-1 if row.speedups else 0)
     timer = PhaseTimer(enabled=False, sync=True)
     enc = tiny_encoder(device, dtype, args.smoke) if row.encoder == "tiny" else None
     trainer = Trainer(config, None, models=models, timer=timer, tiny_encoder=enc)
@@ -121,7 +127,6 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
     compile_s = 0.0
     if row.compiled:
         torch._dynamo.reset()
-        trainer.compile_models(dynamic=False)
         t0 = time.perf_counter()
         for _ in range(2):
             trainer.train_step()
@@ -152,6 +157,7 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     result = {"row": row, "phases": phases, "ms": statistics.median(samples), "compile_s": compile_s,
               "gaussians": trainer.num_gaussians, "peak_gib": peak}
+    trainer.close()
     del trainer, models, parts, enc
     gc.collect()
     if device == "cuda":
@@ -175,23 +181,28 @@ def table(results: list[dict], skipped: list[Row], args: argparse.Namespace, dev
                      + (row.note + (f"; compile {r['compile_s']:.0f} s" if row.compiled else "")).strip("; "))
     for row in skipped:
         lines.append(f"{row.name:<14} {row.views:>5} {row.dtype:>5} {'compiled' if row.compiled else 'eager':>8}  "
-                     "skipped: time limit")
-    dwg = next((r for r in results if r["row"].name == "dreamwaltz-g"), None)
-    ours = [r for r in results if r["row"].name == "ours"]
+                     f"skipped: time limit (run it with --only {row.id})")
+    ok = [r for r in results if r["ms"] == r["ms"]]  # not NaN (failed rows)
+    find = {r["row"].id: r for r in ok}
+    dwg = find.get("dwg-1-fp32")
+    ours = [r for r in ok if r["row"].name in ("ours", "ours+taesd")]
     if dwg and ours:
         best = min(ours, key=lambda r: r["ms"] / r["row"].views)
         row = best["row"]
         lines += ["", f"speed-up per rendered view vs the DreamWaltz-G-equivalent configuration: "
-                      f"{dwg['ms'] / (best['ms'] / row.views):.1f}x ({row.views} views, {row.dtype}, "
+                      f"{dwg['ms'] / (best['ms'] / row.views):.1f}x ({row.name}, {row.views} views, {row.dtype}, "
                       f"{'compiled' if row.compiled else 'eager'}: {best['ms'] / row.views:.1f} ms/view; "
                       f"DreamWaltz-G-equivalent: {dwg['ms']:.1f} ms/view)"]
-        four = [r for r in ours if r["row"].views == 4]
-        if four:
-            b4 = min(four, key=lambda r: r["ms"])
-            minutes = DEFAULT_RECIPE_ITERATIONS * b4["ms"] / 60000
-            lines.append(f"default recipe ({DEFAULT_RECIPE_ITERATIONS} iterations x 4 views) at "
-                         f"{b4['ms']:.1f} ms/iteration: {minutes:.1f} min of iterations (plus model loading, "
-                         "previews, checkpoints and export)")
+    if "plain-4-fp16" in find and "4-fp16" in find:
+        lines.append(f"speed-ups (CUDA graphs, channels-last, batch workers, one gsplat call for all views): "
+                     f"{find['plain-4-fp16']['ms']:.1f} -> {find['4-fp16']['ms']:.1f} ms per 4-view iteration")
+    for key, what in (("4-fp16", "the default (fp16, eager)"), ("4-fp16-c", "with --compile"),
+                      ("taesd-4-fp16", "with the tiny encoder"), ("taesd-4-fp16-c", "with the tiny encoder and --compile")):
+        if key in find:
+            minutes = DEFAULT_RECIPE_ITERATIONS * find[key]["ms"] / 60000
+            lines.append(f"default recipe ({DEFAULT_RECIPE_ITERATIONS} iterations x 4 views), {what}: "
+                         f"{find[key]['ms']:.1f} ms/iteration, {minutes:.1f} min of iterations")
+    lines.append("(plus model loading, previews, checkpoints and export; --compile adds its compile time once)")
     return "\n".join(lines) + "\n"
 
 
@@ -209,12 +220,13 @@ def main() -> int:
     parser.add_argument("--rasterizer", default="auto", choices=("auto", "torch", "gsplat"))
     parser.add_argument("--max-minutes", type=float, default=8.0,
                         help="skip the remaining rows once this much time has passed (default 8)")
-    parser.add_argument("--only", default=None, help="comma-separated row names to run (ours, dreamwaltz-g, ours+taesd)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated row ids to run, e.g. 4-fp16,taesd-4-fp16-c,dwg-1-fp32,plain-4-fp16")
     args = parser.parse_args()
     device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     args.smoke = args.smoke or device == "cpu"
     args.iters = args.iters or (2 if args.smoke else 10)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
+    args.warmup = args.warmup if args.warmup is not None else (3 if args.smoke else 4)  # 3: CUDA graph capture
     args.gaussians = args.gaussians or (2000 if args.smoke else 100_000)
     args.resolution = args.resolution or (64 if args.smoke else 512)
     if device == "cuda":
@@ -224,7 +236,7 @@ def main() -> int:
     rows = configurations(args.quick, args.smoke)
     if args.only:
         keep = set(args.only.split(","))
-        rows = [r for r in rows if r.name in keep]
+        rows = [r for r in configurations(False, args.smoke) if r.id in keep]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         master = build_master("tiny" if args.smoke else "sd15", device, Path(tmp))
@@ -237,8 +249,9 @@ def main() -> int:
                   + f"; python {platform.python_version()}",
                   f"render {args.resolution}x{args.resolution} ({rasterizer}), {args.gaussians} initial Gaussians, "
                   f"random-pose stage, guidance scale 50, {args.iters} measured iterations after {args.warmup} warm-up",
-                  "phases (ms, GPU-synchronised at each boundary): sample = pose + cameras + keypoints, render = "
-                  "posing + rasterisation, skeleton = OpenPose images, encode = VAE encoder, unet+cn = ControlNet + "
+                  "phases (ms, GPU-synchronised at each boundary): batch = pose, cameras and OpenPose images (made "
+                  "ahead by worker processes, except in the rows without speed-ups) and their upload, render = "
+                  "posing + rasterisation, encode = VAE (or tiny) encoder, unet+cn = ControlNet + "
                   "UNet with CFG, backward = through encoder, renderer and posing, optim = Adam + densification stats"]
         results, skipped = [], []
         for row in rows:

@@ -427,3 +427,27 @@ def test_camera_given_as_tensors_and_gaussian_set_helpers():
     assert len(GaussianSet.empty()) == 0
     with pytest.raises(ValueError):
         GaussianSet.concat([])
+
+
+def test_rasterize_views_renders_each_set_through_its_camera_with_separate_gradients():
+    from backend.render import rasterize_views
+
+    cams = [odd_camera(), Camera.look_at((0.3, 0.2, -2.0), (0.0, 0.0, 1.0), fov_y_deg=50, width=61, height=47)]
+    base = random_scene(60, cams[0], seed=3, dtype=torch.float32)
+    means = [base.means.clone().requires_grad_(True) for _ in cams]
+    sets = [GaussianSet(m, base.quats, base.scales, base.opacities, base.colors) for m in means]
+    bgs = torch.tensor([[0.1, 0.2, 0.3], [0.9, 0.8, 0.7]])
+    out = rasterize_views(sets, cams, backgrounds=bgs)
+    assert out.rgb.shape == (2, 47, 61, 3) and out.alpha.shape == (2, 47, 61, 1)
+    for i, cam in enumerate(cams):
+        one = rasterize(sets[i], cam, background=bgs[i])
+        assert torch.allclose(out.rgb[i], one.rgb) and torch.allclose(out.depth[i], one.depth)
+    out.rgb[1].sum().backward()
+    assert means[0].grad is None or not means[0].grad.any()
+    assert means[1].grad.abs().sum() > 0
+    with pytest.raises(RenderError, match="one Gaussian set per camera"):
+        rasterize_views(sets[:1], cams)
+    with pytest.raises(RenderError, match="one size"):
+        rasterize_views(sets, [cams[0], Camera.look_at((0, 0, -2), (0, 0, 0), width=32, height=32)])
+    with pytest.raises(RenderError, match=r"backgrounds must be \(2, 3\)"):
+        rasterize_views(sets, cams, backgrounds=torch.zeros(3))

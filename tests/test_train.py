@@ -347,6 +347,43 @@ def test_cancel_and_resume_equal_one_run(tiny_dir, models, tmp_path):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
 
 
+def test_batch_workers_train_the_same_avatar_as_the_training_process(tiny_dir, models, tmp_path):
+    """Batches made ahead in worker processes are the batches the run would make itself."""
+    config = tiny_config(tiny_dir, steps=6, views=2, workers=0)
+    inline = run_training(config, tmp_path / "inline", models=models)
+    ahead = run_training(TrainConfig.from_dict(dict(config.to_dict(), workers=2)), tmp_path / "ahead", models=models)
+    a = load_file(str(inline / "gaussians.safetensors"))
+    b = load_file(str(ahead / "gaussians.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-4), key
+
+
+def test_batch_source_remakes_batches_when_the_schedule_changes(tiny_dir, body):
+    from backend.train.batches import BatchMaker, BatchSource
+
+    config = tiny_config(tiny_dir, views=2, resolution=64)
+    maker = BatchMaker(config, body, torch.zeros(10))
+    plan = {"switch": 100}
+    source = BatchSource(maker, lambda step: "canonical" if step < plan["switch"] else "posed",
+                         lambda stage: stage != "template", torch.device("cpu"), workers=2, depth=4)
+    try:
+        first = source.get(0)   # steps 0-3 are now being made as canonical-stage batches
+        plan["switch"] = 2      # a time budget shortened the run: steps 2+ are random-pose ones
+        for step in range(1, 5):
+            got, want = source.get(step), maker.make(step, "canonical" if step < 2 else "posed")
+            assert got.stage == want.stage and got.step == step
+            assert torch.allclose(got.transforms, want.transforms, atol=1e-5)
+            assert torch.equal(got.backgrounds, want.backgrounds)
+            same = (got.controls == want.controls).all(-1).float().mean()
+            assert same > 0.999 and got.controls.any()
+            for u, v in zip(got.views, want.views):
+                assert np.allclose(u.camera.world_to_camera, v.camera.world_to_camera, atol=1e-6)
+        assert first.stage == "canonical"
+    finally:
+        source.close()
+    assert not source._procs
+
+
 def test_resume_checks_the_settings(tiny_dir, tmp_path, models):
     config = tiny_config(tiny_dir, steps=3)
     with pytest.raises(TrainingCancelled):

@@ -64,6 +64,8 @@ class GuidanceModels:
     dtype: torch.dtype
     device: torch.device
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    channels_last: bool = False       # set by speed.accelerate
+    compiled: bool = False
 
     @property
     def vae_scale(self) -> int:

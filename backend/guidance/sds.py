@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import GuidanceModels
+from .speed import NoisePredictor
 
 VIEWS = ("front", "side", "back", "overhead")
 KINDS = ("body", "face", "hands")
@@ -85,9 +86,10 @@ class SDSGuidance:
     """SDS loss for a batch of rendered views (see the module docstring)."""
 
     def __init__(self, models: GuidanceModels, prompt: str, config: SDSConfig | None = None,
-                 tiny_encoder: Any = None) -> None:
+                 tiny_encoder: Any = None, cuda_graphs: bool = True) -> None:
         self.models = models
         self.config = config or SDSConfig()
+        self.predictor = NoisePredictor(models, self.config.controlnet_scale, graphs=cuda_graphs)
         self.prompt = prompt
         self.tiny_encoder = tiny_encoder
         if self.config.encoder == "tiny" and tiny_encoder is None:
@@ -150,6 +152,8 @@ class SDSGuidance:
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         x = (x * 2.0 - 1.0).to(m.dtype)
+        if m.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.config.encoder == "tiny":
             enc = self.tiny_encoder
             return enc.encode(x).latents * float(enc.config.scaling_factor)
@@ -164,7 +168,6 @@ class SDSGuidance:
     def predict_noise(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                       control: torch.Tensor) -> torch.Tensor:
         """CFG noise prediction with the ControlNet residuals."""
-        m = self.models
         s = self.config.guidance_scale
         b = noisy.shape[0]
         if s == 1.0:
@@ -174,10 +177,7 @@ class SDSGuidance:
             t_in = torch.cat([t, t])
             emb = torch.cat([cond, self.uncond[None].expand(b, -1, -1)])
             ctrl = torch.cat([control, control])
-        down, mid = m.controlnet(latent_in, t_in, encoder_hidden_states=emb, controlnet_cond=ctrl,
-                                 conditioning_scale=float(self.config.controlnet_scale), return_dict=False)
-        eps = m.unet(latent_in, t_in, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                     mid_block_additional_residual=mid, return_dict=False)[0]
+        eps = self.predictor(latent_in, t_in, emb, ctrl)
         if s == 1.0:
             return eps.float()
         eps_c, eps_u = eps.float().chunk(2)

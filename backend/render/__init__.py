@@ -5,6 +5,6 @@ differentiable). Conventions (OpenCV cameras, +0.5 pixel centres, camera-z depth
 """
 
 from .core import Camera, GaussianSet, RenderError, RenderOutput
-from .rasterize import available_backends, rasterize
+from .rasterize import available_backends, rasterize, rasterize_views
 
-__all__ = ["GaussianSet", "Camera", "RenderOutput", "rasterize", "available_backends", "RenderError"]
+__all__ = ["GaussianSet", "Camera", "RenderOutput", "rasterize", "rasterize_views", "available_backends", "RenderError"]

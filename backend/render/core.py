@@ -282,6 +282,16 @@ class Camera:
         return np.stack([u, v], -1), z
 
 
+def upload(array: ArrayLike, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A host array on `device` without waiting for the GPU to finish its queue (a plain copy
+    from pageable memory would): through pinned memory, asynchronously."""
+    t = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array, dtype=dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.contiguous().pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 # --------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------

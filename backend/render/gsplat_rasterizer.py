@@ -11,11 +11,13 @@ import importlib.util
 import os
 import shutil
 import threading
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .core import Camera, GaussianSet, RenderError, RenderOutput
+from .core import Camera, GaussianSet, RenderError, RenderOutput, upload
 
 _lock = threading.Lock()
 _state: dict = {"module": None, "error": None}
@@ -72,35 +74,51 @@ def load_gsplat():
 
 
 def rasterize_gsplat(gaussians: GaussianSet, camera: Camera, background: Tensor | None = None) -> RenderOutput:
-    g = gaussians
-    if g.means.device.type != "cuda":
-        raise RenderError(f"the gsplat backend needs CUDA tensors, got Gaussians on {g.means.device}")
+    bg = None if background is None else torch.as_tensor(background).reshape(1, 3)
+    out = rasterize_gsplat_views([gaussians], [camera], bg)
+    return RenderOutput(rgb=out.rgb[0], alpha=out.alpha[0], depth=out.depth[0])
+
+
+def _stacked(sets: Sequence[GaussianSet], name: str) -> Tensor:
+    """(C, N, k) float32: gsplat's batch dimension, one Gaussian set per view."""
+    tensors = [getattr(g, name) for g in sets]
+    if all(t is tensors[0] for t in tensors):
+        return tensors[0].to(torch.float32).contiguous().expand(len(tensors), *tensors[0].shape)
+    return torch.stack([t.to(torch.float32) for t in tensors])
+
+
+def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera],
+                           backgrounds: Tensor | None = None) -> RenderOutput:
+    """Set i through camera i, all in one gsplat call; outputs (C, H, W, k)."""
+    first = sets[0]
+    if first.means.device.type != "cuda":
+        raise RenderError(f"the gsplat backend needs CUDA tensors, got Gaussians on {first.means.device}")
     gsplat = load_gsplat()
-    device, dtype = g.means.device, g.means.dtype
-    f32 = lambda t: t.to(dtype=torch.float32).contiguous()  # noqa: E731
-    viewmats = camera.viewmat(device, torch.float32)[None]
-    Ks = camera.intrinsics(device, torch.float32)[None]
+    device, dtype = first.means.device, first.means.dtype
+    cam = cameras[0]
+    viewmats = upload(np.stack([np.asarray(c.world_to_camera) for c in cameras])[:, None], device)
+    Ks = upload(np.stack([np.asarray(c.K) for c in cameras])[:, None], device)
     bg = None
-    if background is not None:
-        bg = torch.as_tensor(background, device=device, dtype=torch.float32).reshape(1, 3)
+    if backgrounds is not None:
+        bg = torch.as_tensor(backgrounds, device=device, dtype=torch.float32).reshape(len(cameras), 1, 3)
     colors, alphas, _ = gsplat.rasterization(
-        f32(g.means),
-        f32(g.quats),
-        f32(g.scales),
-        f32(g.opacities),
-        f32(g.colors),
+        _stacked(sets, "means"),
+        _stacked(sets, "quats"),
+        _stacked(sets, "scales"),
+        _stacked(sets, "opacities"),
+        _stacked(sets, "colors"),
         viewmats,
         Ks,
-        int(camera.width),
-        int(camera.height),
-        near_plane=float(camera.near),
-        far_plane=float(camera.far),
+        int(cam.width),
+        int(cam.height),
+        near_plane=float(cam.near),
+        far_plane=float(cam.far),
         eps2d=0.3,
         render_mode="RGB+ED",
         rasterize_mode="classic",
         backgrounds=bg,
         packed=False,
     )
-    colors = colors[0].to(dtype)
-    alpha = alphas[0].to(dtype)
+    colors = colors[:, 0].to(dtype)
+    alpha = alphas[:, 0].to(dtype)
     return RenderOutput(rgb=colors[..., :3], alpha=alpha, depth=colors[..., 3:4])

@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # settings that may change when a run is resumed (where and how it runs, not what it computes)
 RUNTIME_FIELDS = ("sd_model", "controlnet", "tiny_encoder", "allow_download", "device", "dtype", "rasterizer", "compile",
-                  "checkpoint_every", "preview_every", "time_budget", "log_every", "progress_every")
+                  "cuda_graphs", "channels_last", "workers", "checkpoint_every", "preview_every", "time_budget", "log_every", "progress_every")
 
 
 @dataclasses.dataclass
@@ -84,7 +84,10 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"                   # diffusion precision: auto (fp16 on CUDA) | fp16 | bf16 | fp32
     rasterizer: str = "auto"
-    compile: bool = False
+    compile: bool = False                 # torch.compile the diffusion models (minutes of compiling first)
+    cuda_graphs: bool = True              # replay ControlNet + UNet as CUDA graphs (CUDA only)
+    channels_last: bool = True            # channels-last diffusion models (CUDA only)
+    workers: int = -1                     # processes making batches ahead; -1: half the cores on CUDA, 0 on CPU
     checkpoint_every: int = 250
     preview_every: int = 100
     time_budget: float | None = None      # seconds of training, over all sessions of the run

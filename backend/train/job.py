@@ -41,7 +41,8 @@ def config_from_params(params: dict[str, Any]) -> Any:
 
 
 def cached_models(config: Any) -> Any:
-    """Load (or reuse) the guidance models for a config."""
+    """Load (or reuse) the guidance models for a config (the trainer compiles them on first use
+    when asked, and the compiled ones stay cached)."""
     from ..guidance import load_guidance_models, parse_dtype
     from .trainer import resolve_device
 
@@ -51,14 +52,8 @@ def cached_models(config: Any) -> Any:
     with _LOCK:
         if key not in _MODELS:
             _MODELS.clear()  # one set at a time: they are large
-            models = load_guidance_models(config.sd_model, config.controlnet, device, dtype, config.allow_download)
-            if config.compile:
-                import torch
-
-                models.unet = torch.compile(models.unet)
-                models.controlnet = torch.compile(models.controlnet)
-                models.vae.encoder = torch.compile(models.vae.encoder)
-            _MODELS[key] = models
+            _MODELS[key] = load_guidance_models(config.sd_model, config.controlnet, device, dtype,
+                                                config.allow_download)
         return _MODELS[key]
 
 

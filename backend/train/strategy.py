@@ -20,9 +20,11 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..render import Camera
+from ..render.core import upload
 
 
 @dataclasses.dataclass
@@ -148,12 +150,13 @@ class DensifyStrategy:
         if not self.config.enabled or not grads:
             return
         n = grads[0].shape[0]
-        self._ensure(n, grads[0].device)
+        device = grads[0].device
+        self._ensure(n, device)
         ncam = len(cameras)
-        for g, m, cam in zip(grads, means, cameras):
+        views = upload(np.stack([np.asarray(c.world_to_camera) for c in cameras]), device)
+        for g, m, cam, view in zip(grads, means, cameras, views):
             if g is None:
                 continue
-            view = cam.viewmat(g.device, g.dtype)
             gc = g @ view[:3, :3].T
             z = (m @ view[2, :3] + view[2, 3]).clamp_min(1e-6)
             gu = gc[:, 0] * z / cam.fx * (cam.width / 2.0) * ncam

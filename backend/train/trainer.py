@@ -34,20 +34,21 @@ from ..avatar.posing import triangle_frames
 from ..body import BodyModel
 from ..files import write_bytes_atomic, write_text_atomic
 from ..guidance import GuidanceModels, SDSGuidance, load_guidance_models, load_tiny_encoder
-from ..render import GaussianSet, rasterize
+from ..guidance.speed import accelerate
+from ..render import GaussianSet, rasterize, rasterize_views
 from .appearance import ColorField
-from .cameras import CameraSampler, View, front_camera
+from .batches import Batch, BatchMaker, BatchSource, default_workers, pose_body, step_seed
+from .cameras import View, front_camera
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .poses import PoseSampler, to_torch
-from .skeleton import SkeletonRenderer
+from .poses import PoseSampler
 from .stages import Schedule, template_avatar
 from .strategy import DensifyStrategy, ParamEditor, scene_scale_of
 
 log = logging.getLogger("backend.train")
 
 ProgressCallback = Callable[..., None]
-PHASES = ("sample", "render", "skeleton", "encode", "unet", "backward", "optim", "refine")
+PHASES = ("sample", "render", "encode", "unet", "backward", "optim", "refine")
 BUDGET_PROBE_STEPS = 20
 EXPORT_RESERVE_S = 10.0   # seconds kept for the export, at most 5 % of the budget
 
@@ -113,12 +114,6 @@ def _slug(text: str) -> str:
     return s[:48] or "avatar"
 
 
-def _background(mode: str, rng: np.random.Generator) -> np.ndarray:
-    if mode == "random":
-        return rng.random(3)
-    return {"white": np.ones(3), "black": np.zeros(3), "grey": np.full(3, 0.5)}[mode]
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, out_dir: str | Path | None = None,
                  models: GuidanceModels | None = None, progress_cb: ProgressCallback | None = None,
@@ -157,9 +152,8 @@ class Trainer:
     def _init_state(self) -> None:
         c = self.config
         self.body = BodyModel.load(c.body_model, self.device)
-        torch_gen = torch.Generator().manual_seed(int(c.seed))
-        self.rng = np.random.default_rng(int(c.seed))
-        self.torch_gen = torch_gen
+        self.torch_gen = torch.Generator().manual_seed(int(c.seed))   # densification
+        self.noise_gen = torch.Generator(device=self.device)            # SDS, reseeded every step
         avatar = template_avatar(self.body, c.initial_gaussians, c.seed, c.betas, c.bound_fraction, c.expression)
         self.betas = avatar.betas.detach()
         self.template = avatar  # the frozen reference of the template stage
@@ -187,9 +181,10 @@ class Trainer:
         self.strategy = DensifyStrategy(c.densify, self.scene_scale)
         self.schedule = Schedule.create(c.total_steps, c.template_share, c.canonical_fraction)
         self.step_index = 0
-        self.skeleton = SkeletonRenderer(self.body, c.skeleton)
-        self.cameras = CameraSampler(c.cameras, c.resolution, c.resolution)
         self.poses = PoseSampler(c.poses, self.body.num_expression, c.expression)
+        workers = default_workers(self.device) if c.workers < 0 else c.workers
+        self.batches = BatchSource(BatchMaker(c, self.body, self.betas, self.fixed_views),
+                                   lambda step: self.schedule.stage_at(step), self._needs_controls, self.device, workers)
         self._body_faces = torch.as_tensor(self.body.faces, device=self.device)
         self._pose_cache: dict = {}
 
@@ -281,50 +276,28 @@ class Trainer:
         if self.schedule.planned_total <= self.schedule.template_end:
             return
         c = self.config
-        compile_now = False
         if self.models is None:
             self.models = load_guidance_models(c.sd_model, c.controlnet, self.device, c.dtype, c.allow_download)
-            compile_now = c.compile
         if c.sds.encoder == "tiny" and self.tiny_encoder is None:
             if not c.tiny_encoder:
                 raise TrainingError('sds.encoder = "tiny" needs tiny_encoder (an AutoencoderTiny such as madebyollin/taesd)')
             self.tiny_encoder = load_tiny_encoder(c.tiny_encoder, self.device, self.models.dtype, c.allow_download)
-        if compile_now:
-            self.compile_models()
-        self.sds = SDSGuidance(self.models, c.prompt, c.sds, tiny_encoder=self.tiny_encoder)
-
-    def compile_models(self, mode: str | None = None, dynamic: bool = False) -> None:
-        """torch.compile the UNet, the ControlNet and the encoder (static shapes: one compile
-        per batch size)."""
-        m = self.models
-        m.unet = torch.compile(m.unet, mode=mode, dynamic=dynamic)
-        m.controlnet = torch.compile(m.controlnet, mode=mode, dynamic=dynamic)
-        if self.config.sds.encoder == "tiny" and self.tiny_encoder is not None:
-            self.tiny_encoder.encoder = torch.compile(self.tiny_encoder.encoder, mode=mode, dynamic=dynamic)
-        else:
-            m.vae.encoder = torch.compile(m.vae.encoder, mode=mode, dynamic=dynamic)
+        accelerate(self.models, channels_last=c.channels_last, compile=c.compile and not self.models.compiled,
+                   tiny_encoder=self.tiny_encoder if c.sds.encoder == "tiny" else None)
+        self.sds = SDSGuidance(self.models, c.prompt, c.sds, tiny_encoder=self.tiny_encoder, cuda_graphs=c.cuda_graphs)
 
     # ------------------------------------------------------------------------------------------
     # one iteration
     # ------------------------------------------------------------------------------------------
-    def sample_pose(self, stage: str) -> dict[str, Any]:
-        mode = "random" if stage == "posed" else "canonical"
-        return self.poses.sample(self.rng, mode)
+    def _needs_controls(self, stage: str) -> bool:
+        return stage != "template" or self.guidance_override is not None
 
     def pose_body(self, params: dict[str, Any]) -> dict[str, Any]:
-        t = to_torch(params, self.device)
-        expression = t.pop("expression", None)
-        with torch.no_grad():
-            out = self.body.forward(betas=self.betas, expression=expression, **t)
-            rotations = self.body.local_rotations(self.body.full_pose(1, **t))[0]
-        return {"vertices": out.vertices[0], "joints": out.joints[0], "transforms": out.transforms[0],
-                "rotations": rotations, "expression": expression}
+        return pose_body(self.body, self.betas, params)
 
-    def sample_views(self, posed: dict[str, Any], keypoints: torch.Tensor) -> list[View]:
-        if self.fixed_views is not None:
-            return list(self.fixed_views)
-        return [self.cameras.sample(self.rng, posed["vertices"], posed["joints"], posed["transforms"], keypoints)
-                for _ in range(self.config.views)]
+    def close(self) -> None:
+        """Stop the batch workers (the trainer stays usable: they restart on demand)."""
+        self.batches.close()
 
     def train_step(self) -> torch.Tensor:
         """Run iteration `self.step_index` (without advancing it); returns the loss (a tensor)."""
@@ -334,49 +307,38 @@ class Trainer:
         timer = self.timer
         self._set_lrs(step)
         with timer("sample"):
-            params = self.sample_pose(stage)
-            posed = self.pose_body(params)
-            keypoints = self.skeleton.keypoints(posed["vertices"], posed["joints"])
-            views = self.sample_views(posed, keypoints)
-            bgs = [torch.as_tensor(_background(c.background, self.rng), dtype=torch.float32, device=self.device)
-                   for _ in views]
-        controls = None
-        if stage != "template" or self.guidance_override is not None:
-            # before the render: the skeleton needs a few host syncs, best taken while the GPU is idle
-            with timer("skeleton"):
-                controls = torch.stack([self.skeleton.render(posed["vertices"], posed["joints"], v.camera, keypoints)
-                                        for v in views])
+            batch = self.batches.get(step)
+            views, bgs = batch.views, batch.backgrounds
+            controls = batch.control_images()
+            self.noise_gen.manual_seed(step_seed(c.seed, step))
         with timer("render"):
-            gs = pose_with_transforms(self.avatar(), posed["transforms"], posed["expression"], posed["rotations"])
+            gs = pose_with_transforms(self.avatar(), batch.transforms, batch.expression, batch.rotations)
             n_free = len(self.params["free.means"])
-            track = c.densify.enabled and stage != "template"
-            per_cam_means, images = [], []
-            for view, bg in zip(views, bgs):
-                means = gs.means + 0.0 if track else gs.means
-                if track and means.requires_grad:
-                    means.retain_grad()
-                per_cam_means.append(means)
-                g = GaussianSet(means=means, quats=gs.quats, scales=gs.scales, opacities=gs.opacities, colors=gs.colors)
-                out = rasterize(g, view.camera, backend=c.rasterizer, background=bg)
-                images.append(out.rgb.permute(2, 0, 1))
-            images_t = torch.stack(images)
+            track = c.densify.enabled and stage != "template" and gs.means.requires_grad
+            per_view_means = [gs.means + 0.0 if track else gs.means for _ in views]
+            for means in per_view_means if track else ():
+                means.retain_grad()
+            sets = [GaussianSet(means=m, quats=gs.quats, scales=gs.scales, opacities=gs.opacities, colors=gs.colors)
+                    for m in per_view_means]
+            cameras = [v.camera for v in views]
+            images = rasterize_views(sets, cameras, backend=c.rasterizer, backgrounds=bgs).rgb.permute(0, 3, 1, 2)
         if stage == "template" and self.guidance_override is None:
             with timer("unet"):
-                loss = self._template_loss(posed, views, bgs, images_t)
+                loss = self._template_loss(batch, images)
         else:
             prompts = [(v.kind, v.view) for v in views]
             progress = self.schedule.sds_progress(step)
             if self.guidance_override is not None:
-                loss, _ = self.guidance_override(images_t, controls, prompts, progress, self.torch_gen, timer)
+                loss, _ = self.guidance_override(images, controls, prompts, progress, self.noise_gen, timer)
             else:
                 self.ensure_guidance()
-                loss, _ = self.sds(images_t, controls, prompts, progress, self.torch_gen, timer)
+                loss, _ = self.sds(images, controls, prompts, progress, self.noise_gen, timer)
         with timer("backward"):
             loss.backward()
         with timer("optim"):
             if track:
-                self.strategy.accumulate([m.grad[:n_free] if m.grad is not None else None for m in per_cam_means],
-                                         [m.detach()[:n_free] for m in per_cam_means], [v.camera for v in views])
+                self.strategy.accumulate([m.grad[:n_free] if m.grad is not None else None for m in per_view_means],
+                                         [m.detach()[:n_free] for m in per_view_means], cameras)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         with timer("refine"):
@@ -390,13 +352,12 @@ class Trainer:
         self._loss_n += 1
         return loss
 
-    def _template_loss(self, posed: dict[str, Any], views: list[View], bgs: list[torch.Tensor],
-                       images: torch.Tensor) -> torch.Tensor:
+    def _template_loss(self, batch: Batch, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            ref = pose_with_transforms(self.template, posed["transforms"], posed["expression"], posed["rotations"])
-            targets = [rasterize(ref, view.camera, backend=self.config.rasterizer, background=bg).rgb.permute(2, 0, 1)
-                       for view, bg in zip(views, bgs)]
-        return F.mse_loss(images, torch.stack(targets))  # random backgrounds make this fit alpha too
+            ref = pose_with_transforms(self.template, batch.transforms, batch.expression, batch.rotations)
+            targets = rasterize_views([ref] * len(batch.views), [v.camera for v in batch.views],
+                                      backend=self.config.rasterizer, backgrounds=batch.backgrounds)
+        return F.mse_loss(images, targets.rgb.permute(0, 3, 1, 2))  # random backgrounds make this fit alpha too
 
     # ------------------------------------------------------------------------------------------
     # checkpoints
@@ -413,7 +374,7 @@ class Trainer:
             "field_backend": None if self.field is None else self.field.backend,
             "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(),
-            "rng": {"numpy": self.rng.bit_generator.state, "torch": self.torch_gen.get_state()},
+            "rng": {"torch": self.torch_gen.get_state()},
             "budget": {"planned": self._budget_planned},
             "history": list(self.history),
         }
@@ -447,7 +408,6 @@ class Trainer:
         self.step_index = int(state["step"])
         self._elapsed_before = float(state["elapsed"])
         self._session_t0 = time.perf_counter()
-        self.rng.bit_generator.state = state["rng"]["numpy"]
         self.torch_gen.set_state(state["rng"]["torch"].cpu())
         self._budget_planned = bool(state.get("budget", {}).get("planned", False))
         self.history = list(state.get("history", []))
@@ -571,6 +531,12 @@ class Trainer:
         return min(EXPORT_RESERVE_S, 0.05 * budget)
 
     def run(self) -> Path:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> Path:
         c = self.config
         self.ensure_guidance()
         self.report(force=True)

@@ -1,0 +1,275 @@
+"""What one training iteration trains on, made ahead of time.
+
+A `Batch` is the pose (skinning transforms, local rotations, expression), the cameras, the
+backgrounds and the OpenPose skeleton images of one iteration. `BatchMaker.make(step, stage)`
+is a pure function of (seed, step, stage): its randomness comes from a generator seeded with
+(seed, step), so a batch is the same whether it is made in the training process or in a worker,
+early or late, before or after a resume.
+
+Making a batch is host-bound (posing the body model, ray-casting keypoints against the mesh,
+drawing the skeleton): about 30 ms of one CPU core per 512 px view, against a GPU step of a few
+tens of milliseconds. `BatchSource` therefore keeps a few worker processes making the coming
+batches on the CPU while the GPU trains, so none of it sits on the critical path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import queue
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..body import BodyModel
+from .cameras import CameraSampler, View
+from .config import TrainConfig
+from .poses import PoseSampler, to_torch
+from .skeleton import SkeletonRenderer
+
+log = logging.getLogger(__name__)
+
+WORKER_TIMEOUT_S = 120.0   # a batch takes well under a second; this much silence means a dead worker
+
+
+class BatchError(RuntimeError):
+    """A batch could not be made (the message carries the worker's traceback)."""
+
+
+@dataclasses.dataclass
+class Batch:
+    step: int
+    stage: str
+    transforms: torch.Tensor            # (55, 4, 4) skinning transforms
+    rotations: torch.Tensor             # (55, 3, 3) local joint rotations (pose correctives)
+    expression: torch.Tensor | None     # (1, E) or None
+    views: list[View]
+    backgrounds: torch.Tensor           # (V, 3) in [0, 1]
+    controls: torch.Tensor | None       # (V, H, W, 3) uint8 skeleton images, None in the template stage
+
+    def to(self, device: torch.device) -> "Batch":
+        """On `device`, copied asynchronously from pinned memory (no wait for the GPU)."""
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or t.device == device:
+                return t
+            if device.type == "cuda":
+                t = t.pin_memory()
+            return t.to(device, non_blocking=True)
+
+        return dataclasses.replace(self, transforms=move(self.transforms), rotations=move(self.rotations),
+                                   expression=move(self.expression), backgrounds=move(self.backgrounds),
+                                   controls=move(self.controls))
+
+    def control_images(self) -> torch.Tensor | None:
+        """(V, 3, H, W) float skeleton images in [0, 1]."""
+        if self.controls is None:
+            return None
+        return self.controls.permute(0, 3, 1, 2).float() / 255.0
+
+    def pack(self) -> dict[str, Any]:
+        """Plain arrays, for sending between processes."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("transforms", "rotations", "expression", "backgrounds", "controls"):
+            if out[name] is not None:
+                out[name] = out[name].cpu().numpy()
+        return out
+
+    @classmethod
+    def unpack(cls, data: dict[str, Any]) -> "Batch":
+        data = dict(data)
+        for name in ("transforms", "rotations", "expression", "backgrounds", "controls"):
+            if data[name] is not None:
+                data[name] = torch.from_numpy(data[name])
+        return cls(**data)
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of one iteration: independent streams per (seed, step)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(step), 0x5EED])
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A torch seed per (seed, step), for the noise and timesteps of SDS."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step), 0xD1FF]).generate_state(1)[0])
+
+
+def background_color(mode: str, rng: np.random.Generator) -> np.ndarray:
+    if mode == "random":
+        return rng.random(3)
+    return {"white": np.ones(3), "black": np.zeros(3), "grey": np.full(3, 0.5)}[mode]
+
+
+def pose_body(body: BodyModel, betas: torch.Tensor, params: dict[str, Any]) -> dict[str, Any]:
+    """The posed body model for SMPL-X parameters: vertices, joints, skinning transforms,
+    local rotations and expression (None without one)."""
+    t = to_torch(params, body.device)
+    expression = t.pop("expression", None)
+    with torch.no_grad():
+        out = body.forward(betas=betas.to(body.device), expression=expression, **t)
+        rotations = body.local_rotations(body.full_pose(1, **t))[0]
+    return {"vertices": out.vertices[0], "joints": out.joints[0], "transforms": out.transforms[0],
+            "rotations": rotations, "expression": expression}
+
+
+class BatchMaker:
+    """Makes the batch of any iteration, on one device (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, body: BodyModel, betas: torch.Tensor,
+                 fixed_views: list[View] | None = None) -> None:
+        self.config = config
+        self.body = body
+        self.betas = betas.detach().to(body.device)
+        self.fixed_views = fixed_views
+        self.skeleton = SkeletonRenderer(body, config.skeleton)
+        self.cameras = CameraSampler(config.cameras, config.resolution, config.resolution)
+        self.poses = PoseSampler(config.poses, body.num_expression, config.expression)
+
+    @classmethod
+    def on_cpu(cls, config: TrainConfig, betas: np.ndarray) -> "BatchMaker":
+        return cls(config, BodyModel.load(config.body_model, "cpu"), torch.as_tensor(betas, dtype=torch.float32))
+
+    def make(self, step: int, stage: str, controls: bool = True) -> Batch:
+        rng = step_rng(self.config.seed, step)
+        params = self.poses.sample(rng, "random" if stage == "posed" else "canonical")
+        posed = pose_body(self.body, self.betas, params)
+        keypoints = self.skeleton.keypoints(posed["vertices"], posed["joints"])
+        if self.fixed_views is not None:
+            views = list(self.fixed_views)
+        else:
+            views = [self.cameras.sample(rng, posed["vertices"], posed["joints"], posed["transforms"], keypoints)
+                     for _ in range(self.config.views)]
+        backgrounds = np.stack([background_color(self.config.background, rng) for _ in views])
+        images = None
+        if controls:
+            drawn = torch.stack([self.skeleton.render(posed["vertices"], posed["joints"], v.camera, keypoints)
+                                 for v in views])
+            images = (drawn.permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8)
+        return Batch(step=step, stage=stage, transforms=posed["transforms"], rotations=posed["rotations"],
+                     expression=posed["expression"], views=views,
+                     backgrounds=torch.as_tensor(backgrounds, dtype=torch.float32, device=self.body.device),
+                     controls=images)
+
+
+def default_workers(device: torch.device) -> int:
+    """Worker processes worth running: on a GPU, enough CPU cores to keep ahead of it; none
+    when training on the CPU (the workers would take the cores the training needs)."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // 2))
+
+
+def _worker(config: TrainConfig, betas: np.ndarray, tasks: Any, results: Any) -> None:
+    torch.set_num_threads(1)
+    try:
+        maker = BatchMaker.on_cpu(config, betas)
+    except BaseException:  # noqa: BLE001 - reported to the training process
+        results.put(("error", -1, traceback.format_exc()))
+        return
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        step, stage, controls = task
+        try:
+            results.put(("ok", step, maker.make(step, stage, controls).pack()))
+        except BaseException:  # noqa: BLE001
+            results.put(("error", step, traceback.format_exc()))
+
+
+class BatchSource:
+    """Batches in step order: made by `workers` processes ahead of time, or here when there are
+    none. `stage_of(step)` says which stage a step is in and `needs_controls(stage)` whether it
+    needs skeleton images; when they change (a time budget shortens the schedule), batches made
+    for the old plan are made again."""
+
+    def __init__(self, maker: BatchMaker, stage_of: Callable[[int], str], needs_controls: Callable[[str], bool],
+                 device: torch.device, workers: int = 0, depth: int | None = None) -> None:
+        self.maker = maker
+        self.stage_of = stage_of
+        self.needs_controls = needs_controls
+        self.device = device
+        self.workers = 0 if maker.fixed_views is not None else max(0, int(workers))
+        self.depth = depth or 2 * self.workers
+        self._procs: list[Any] = []
+        self._pending: dict[int, tuple[str, bool]] = {}
+        self._ready: dict[int, dict[str, Any]] = {}
+        self._tasks: Any = None
+        self._results: Any = None
+
+    def _task(self, step: int) -> tuple[str, bool]:
+        stage = self.stage_of(step)
+        return stage, bool(self.needs_controls(stage))
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")  # the training process holds CUDA: never fork it
+        self._tasks, self._results = ctx.Queue(), ctx.Queue()
+        betas = self.maker.betas.cpu().numpy()
+        for _ in range(self.workers):
+            proc = ctx.Process(target=_worker, args=(self.maker.config, betas, self._tasks, self._results),
+                               daemon=True)
+            proc.start()
+            self._procs.append(proc)
+        log.info("%d batch workers started", self.workers)
+
+    def _request(self, first: int, last: int) -> None:
+        for step in range(first, last):
+            task = self._task(step)
+            if self._pending.get(step) == task or step in self._ready and \
+                    (self._ready[step]["stage"], self._ready[step]["controls"] is not None) == task:
+                continue
+            self._ready.pop(step, None)
+            self._pending[step] = task
+            self._tasks.put((step,) + task)
+
+    def _receive(self, step: int) -> None:
+        while step not in self._ready:
+            try:
+                kind, got, payload = self._results.get(timeout=WORKER_TIMEOUT_S)
+            except queue.Empty:
+                dead = [p.exitcode for p in self._procs if not p.is_alive()]
+                self.close()
+                raise BatchError(f"no batch from the workers in {WORKER_TIMEOUT_S:.0f} s"
+                                 + (f" (workers exited with {dead})" if dead else "")) from None
+            if kind == "error":
+                self.close()
+                raise BatchError(f"making the batch of iteration {got} failed in a worker:\n{payload}")
+            wanted = self._pending.get(got)
+            if wanted is not None and wanted == (payload["stage"], payload["controls"] is not None):
+                del self._pending[got]
+                self._ready[got] = payload
+
+    def get(self, step: int) -> Batch:
+        """The batch of `step`, on the training device."""
+        if self.workers == 0:
+            stage, controls = self._task(step)
+            return self.maker.make(step, stage, controls).to(self.device)
+        if not self._procs:
+            self._start()
+        for old in [s for s in self._ready if s < step]:
+            del self._ready[old]
+        self._request(step, step + self.depth)
+        self._receive(step)
+        return Batch.unpack(self._ready.pop(step)).to(self.device)
+
+    def close(self) -> None:
+        """Stop the workers (safe to call more than once)."""
+        procs, self._procs = self._procs, []
+        for _ in procs:
+            self._tasks.put(None)
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+        self._pending.clear()
+        self._ready.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
