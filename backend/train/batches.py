@@ -54,9 +54,9 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         """On `device`, copied asynchronously from pinned memory (no wait for the GPU)."""
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None or t.device == device:
-                return t
-            if device.type == "cuda":
+            if t is None:
+                return None
+            if device.type == "cuda" and t.device.type == "cpu":
                 t = t.pin_memory()
             return t.to(device, non_blocking=True)
 
