@@ -66,7 +66,7 @@ def main() -> int:
     torch.backends.cudnn.benchmark = True
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     dev = torch.device("cuda")
-    parts = build_random_models("sd15", seed=0, device="cpu")
+    parts = dict(build_random_models("sd15", seed=0, device="cpu"), tokenizer=None)
     master = prepare_models(parts, dev, dtype)
     from diffusers import AutoencoderTiny
 

@@ -53,7 +53,7 @@ class Row:
     compiled: bool = False
     guidance_scale: float = 50.0
     encoder: str = "vae"
-    speedups: bool = True      # CUDA graphs, channels-last and the batch workers
+    speedups: bool = True      # CUDA graphs and the batch workers
     note: str = ""
 
     @property
@@ -65,7 +65,7 @@ class Row:
 def configurations(quick: bool, smoke: bool) -> list[Row]:
     """In order of importance (a time limit skips the last ones)."""
     dwg = Row("dreamwaltz-g", 1, "fp32", speedups=False, note="fp32, 1 view, cfg 50, no speed-ups")
-    plain = Row("plain", 2 if smoke else 4, "fp32" if smoke else "fp16", speedups=False, note="ours without graphs, channels-last, workers")
+    plain = Row("plain", 2 if smoke else 4, "fp32" if smoke else "fp16", speedups=False, note="ours without CUDA graphs and batch workers")
     if smoke:
         return [Row("ours", 2, "fp32"), Row("ours", 1, "fp32"), Row("ours", 2, "bf16"),
                 Row("ours+taesd", 2, "fp32", encoder="tiny", note="tiny encoder"), dwg, plain]
@@ -119,7 +119,7 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
                          resolution=args.resolution, num_gaussians=args.gaussians, template_fraction=0.0,
                          canonical_fraction=0.0, device=device, rasterizer=args.rasterizer, sds=sds_cfg,
                          checkpoint_every=0, preview_every=0, log_every=0, compile=row.compiled,
-                         cuda_graphs=row.speedups, channels_last=row.speedups, workers=-1 if row.speedups else 0)
+                         cuda_graphs=row.speedups, workers=-1 if row.speedups else 0)
     timer = PhaseTimer(enabled=False, sync=True)
     enc = tiny_encoder(device, dtype, args.smoke) if row.encoder == "tiny" else None
     trainer = Trainer(config, None, models=models, timer=timer, tiny_encoder=enc)
@@ -194,7 +194,7 @@ def table(results: list[dict], skipped: list[Row], args: argparse.Namespace, dev
                       f"{'compiled' if row.compiled else 'eager'}: {best['ms'] / row.views:.1f} ms/view; "
                       f"DreamWaltz-G-equivalent: {dwg['ms']:.1f} ms/view)"]
     if "plain-4-fp16" in find and "4-fp16" in find:
-        lines.append(f"speed-ups (CUDA graphs, channels-last, batch workers, one gsplat call for all views): "
+        lines.append(f"speed-ups (CUDA graphs, batch workers): "
                      f"{find['plain-4-fp16']['ms']:.1f} -> {find['4-fp16']['ms']:.1f} ms per 4-view iteration")
     for key, what in (("4-fp16", "the default (fp16, eager)"), ("4-fp16-c", "with --compile"),
                       ("taesd-4-fp16", "with the tiny encoder"), ("taesd-4-fp16-c", "with the tiny encoder and --compile")):

@@ -152,11 +152,13 @@ class SDSGuidance:
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         x = (x * 2.0 - 1.0).to(m.dtype)
-        if m.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.config.encoder == "tiny":
             enc = self.tiny_encoder
+            if getattr(enc, "channels_last", False):
+                x = x.contiguous(memory_format=torch.channels_last)
             return enc.encode(x).latents * float(enc.config.scaling_factor)
+        if m.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         vae = m.vae
         h = vae.encoder(x)
         if getattr(vae, "quant_conv", None) is not None:

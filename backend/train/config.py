@@ -86,7 +86,7 @@ class TrainConfig:
     rasterizer: str = "auto"
     compile: bool = False                 # torch.compile the diffusion models (minutes of compiling first)
     cuda_graphs: bool = True              # replay ControlNet + UNet as CUDA graphs (CUDA only)
-    channels_last: bool = True            # channels-last diffusion models (CUDA only)
+    channels_last: bool = False           # channels-last SD models (CUDA; slower eager, see guidance.speed)
     workers: int = -1                     # processes making batches ahead; -1: half the cores on CUDA, 0 on CPU
     checkpoint_every: int = 250
     preview_every: int = 100
