@@ -142,3 +142,31 @@ def test_drawing_handles_nothing_visible_and_points_off_the_image():
     vis[[OPENPOSE_BODY[8], OPENPOSE_BODY[9]]] = True
     img = draw_skeleton(uv, vis, 64, 48, SkeletonConfig(hands=False))
     assert img[:, 24, 32].sum() > 0 and img[:, 5, 32].sum() == 0
+
+
+def test_pillow_and_torch_drawers_agree(body, posed):
+    """The batch workers draw with Pillow on the CPU, the GPU path with torch: same images."""
+    config = SkeletonConfig(body=True, hands=True, face=True)
+    for azimuth in (0.0, 60.0, 180.0):
+        camera = orbit_camera(azimuth)
+        _, _, uv, vis = visibility(body, posed, camera, config)
+        a = draw_skeleton(uv, vis, SIZE, SIZE, config, method="pil")
+        b = draw_skeleton(uv, vis, SIZE, SIZE, config, method="torch")
+        area_a, area_b = float((a.sum(0) > 0).float().mean()), float((b.sum(0) > 0).float().mean())
+        assert area_b > 0.01 and abs(area_a - area_b) < 0.2 * area_b, (azimuth, area_a, area_b)
+        # they differ only at edges: every painted pixel of one has its colour within a pixel in the other
+        for x, y in ((a, b), (b, a)):
+            padded = torch.nn.functional.pad(y, (1, 1, 1, 1))
+            near = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+            for dy in (0, 1, 2):
+                for dx in (0, 1, 2):
+                    near |= (x == padded[:, dy:dy + SIZE, dx:dx + SIZE]).all(0)
+            painted = x.sum(0) > 0
+            assert near[painted].float().mean() > 0.99, (azimuth, float(near[painted].float().mean()))
+    far = torch.zeros(127, 2)
+    far[OPENPOSE_BODY[8]] = torch.tensor([-3.0e7, 24.0])   # beyond Pillow's range: torch draws it
+    far[OPENPOSE_BODY[9]] = torch.tensor([100.0, 24.0])
+    vis = torch.zeros(127, dtype=torch.bool)
+    vis[[OPENPOSE_BODY[8], OPENPOSE_BODY[9]]] = True
+    cfg = SkeletonConfig(hands=False)
+    assert torch.equal(draw_skeleton(far, vis, 64, 48, cfg), draw_skeleton(far, vis, 64, 48, cfg, method="torch"))

@@ -7,9 +7,10 @@ is a pure function of (seed, step, stage): its randomness comes from a generator
 early or late, before or after a resume.
 
 Making a batch is host-bound (posing the body model, ray-casting keypoints against the mesh,
-drawing the skeleton): about 30 ms of one CPU core per 512 px view, against a GPU step of a few
-tens of milliseconds. `BatchSource` therefore keeps a few worker processes making the coming
-batches on the CPU while the GPU trains, so none of it sits on the critical path.
+drawing the skeleton): 10-40 ms of one CPU core per 512 px view, depending on the CPU, against a
+GPU iteration of 50-130 ms for 4 views. `BatchSource` therefore keeps worker processes making
+the coming batches on the CPU while the GPU trains, and a thread unpickles and pins them as
+they arrive, so none of it sits on the critical path.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import threading
 import traceback
 from typing import Any, Callable
 
@@ -56,13 +58,22 @@ class Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None:
                 return None
-            if device.type == "cuda" and t.device.type == "cpu":
+            if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
                 t = t.pin_memory()
             return t.to(device, non_blocking=True)
 
         return dataclasses.replace(self, transforms=move(self.transforms), rotations=move(self.rotations),
                                    expression=move(self.expression), backgrounds=move(self.backgrounds),
                                    controls=move(self.controls))
+
+    def pinned(self) -> "Batch":
+        """In page-locked host memory, so that `to(cuda)` is a plain asynchronous copy."""
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t if t is None or t.is_pinned() else t.pin_memory()
+
+        return dataclasses.replace(self, transforms=pin(self.transforms), rotations=pin(self.rotations),
+                                   expression=pin(self.expression), backgrounds=pin(self.backgrounds),
+                                   controls=pin(self.controls))
 
     def control_images(self) -> torch.Tensor | None:
         """(V, 3, H, W) float skeleton images in [0, 1]."""
@@ -155,12 +166,13 @@ class BatchMaker:
 
 
 def default_workers(device: torch.device) -> int:
-    """Worker processes worth running: on a GPU, enough CPU cores to keep ahead of it; none
-    when training on the CPU (the workers would take the cores the training needs)."""
+    """Worker processes worth running: on a GPU, all cores but two (one 512 px view takes
+    10-40 ms of a core, and an iteration of 4 views on an H200 about 60 ms); none when training
+    on the CPU (the workers would take the cores the training needs)."""
     if device.type != "cuda":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cores // 2))
+    return max(0, min(16, cores - 2))
 
 
 def _worker(config: TrainConfig, betas: np.ndarray, tasks: Any, results: Any) -> None:
@@ -197,9 +209,12 @@ class BatchSource:
         self.depth = depth or 2 * self.workers
         self._procs: list[Any] = []
         self._pending: dict[int, tuple[str, bool]] = {}
-        self._ready: dict[int, dict[str, Any]] = {}
+        self._ready: dict[int, Batch] = {}
         self._tasks: Any = None
         self._results: Any = None
+        self._inbox: queue.Queue = queue.Queue()
+        self._receiver: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _task(self, step: int) -> tuple[str, bool]:
         stage = self.stage_of(step)
@@ -214,13 +229,32 @@ class BatchSource:
                                daemon=True)
             proc.start()
             self._procs.append(proc)
+        self._stop.clear()
+        self._receiver = threading.Thread(target=self._receive_loop, name="batch-receiver", daemon=True)
+        self._receiver.start()
         log.info("%d batch workers started", self.workers)
+
+    def _receive_loop(self) -> None:
+        """Unpickles and pins arriving batches off the training thread (copies release the GIL)."""
+        pin = self.device.type == "cuda"
+        while not self._stop.is_set():
+            try:
+                kind, step, payload = self._results.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            if kind == "ok":
+                payload = Batch.unpack(payload)
+                if pin:
+                    payload = payload.pinned()
+            self._inbox.put((kind, step, payload))
 
     def _request(self, first: int, last: int) -> None:
         for step in range(first, last):
             task = self._task(step)
             if self._pending.get(step) == task or step in self._ready and \
-                    (self._ready[step]["stage"], self._ready[step]["controls"] is not None) == task:
+                    (self._ready[step].stage, self._ready[step].controls is not None) == task:
                 continue
             self._ready.pop(step, None)
             self._pending[step] = task
@@ -229,7 +263,7 @@ class BatchSource:
     def _receive(self, step: int) -> None:
         while step not in self._ready:
             try:
-                kind, got, payload = self._results.get(timeout=WORKER_TIMEOUT_S)
+                kind, got, payload = self._inbox.get(timeout=WORKER_TIMEOUT_S)
             except queue.Empty:
                 dead = [p.exitcode for p in self._procs if not p.is_alive()]
                 self.close()
@@ -239,7 +273,7 @@ class BatchSource:
                 self.close()
                 raise BatchError(f"making the batch of iteration {got} failed in a worker:\n{payload}")
             wanted = self._pending.get(got)
-            if wanted is not None and wanted == (payload["stage"], payload["controls"] is not None):
+            if wanted is not None and wanted == (payload.stage, payload.controls is not None):
                 del self._pending[got]
                 self._ready[got] = payload
 
@@ -254,11 +288,16 @@ class BatchSource:
             del self._ready[old]
         self._request(step, step + self.depth)
         self._receive(step)
-        return Batch.unpack(self._ready.pop(step)).to(self.device)
+        return self._ready.pop(step).to(self.device)
 
     def close(self) -> None:
         """Stop the workers (safe to call more than once)."""
         procs, self._procs = self._procs, []
+        self._stop.set()
+        if self._receiver is not None:
+            self._receiver.join(timeout=5)
+            self._receiver = None
+        self._inbox = queue.Queue()
         for _ in procs:
             self._tasks.put(None)
         for proc in procs:

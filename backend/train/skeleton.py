@@ -23,6 +23,7 @@ import colorsys
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..render import Camera
@@ -61,6 +62,7 @@ LIMB_INTENSITY = 0.6
 STICK_WIDTH, BODY_RADIUS, HAND_LINE_RADIUS, HAND_RADIUS, FACE_RADIUS = 4.0, 4.0, 1.0, 4.0, 3.0
 MIN_DISC_RADIUS = 1.0  # so a keypoint's own pixel is always painted, even in small images
 MIN_LINE_RADIUS = 1.0  # limbs and hand bones stay about 2 px wide in small images
+PIL_MAX_COORD = 1.0e5  # pixels; beyond this the torch drawer takes over
 
 
 @dataclasses.dataclass
@@ -124,30 +126,48 @@ def adjacent_joints(parents: Any) -> list[set[int]]:
 def first_hits(points: torch.Tensor, origin: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor,
                chunk: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor]:
     """For rays origin -> points[k]: the parameter t in (0, inf) of the first mesh hit (t = 1 is
-    the point itself; inf when nothing is hit) and the hit face (-1). Moeller-Trumbore with the
-    common origin factored out, so every term is a (K,3) x (3,F) product."""
+    the point itself; inf when nothing is hit) and the hit face (-1).
+
+    Every (ray, triangle) pair is first tested against the triangle's bounding sphere (one
+    (K,3) x (3,F) product); Moeller-Trumbore then runs on the few pairs that pass."""
     d = points - origin                                                    # (K,3)
     k = points.shape[0]
     first = torch.full((k,), float("inf"), device=points.device, dtype=points.dtype)
     face = torch.full((k,), -1, device=points.device, dtype=torch.long)
-    tri = vertices[faces]
+    tri = vertices[faces]                                                  # (F,3,3)
+    centre = tri.mean(1)
+    radius2 = ((tri - centre[:, None]) ** 2).sum(-1).amax(1)
+    rel = centre - origin                                                  # (F,3)
+    dn = d / torch.linalg.norm(d, dim=-1, keepdim=True).clamp_min(1e-12)
     for s in range(0, tri.shape[0], chunk):
-        v0, v1, v2 = tri[s:s + chunk].unbind(1)                             # (F,3)
+        along = dn @ rel[s:s + chunk].T                                    # (K,F)
+        miss2 = (rel[s:s + chunk] ** 2).sum(-1)[None] - along * along
+        ray, f = torch.nonzero((miss2 <= radius2[s:s + chunk][None]) & (along > -radius2[s:s + chunk].sqrt()[None]),
+                               as_tuple=True)
+        if not len(ray):
+            continue
+        f = f + s
+        v0, v1, v2 = tri[f].unbind(1)                                      # (P,3)
         e1, e2 = v1 - v0, v2 - v0
-        tvec = origin[None] - v0
-        q = torch.linalg.cross(tvec, e1, dim=-1)                           # (F,3)
-        det = d @ torch.linalg.cross(e2, e1, dim=-1).T                     # (K,F) = e1 . (d x e2)
+        dr = d[ray]
+        h = torch.linalg.cross(dr, e2, dim=-1)
+        det = (e1 * h).sum(-1)
         ok = det.abs() > 1e-12
         inv = 1.0 / torch.where(ok, det, torch.ones_like(det))
-        u = (d @ torch.linalg.cross(e2, tvec, dim=-1).T) * inv             # tvec . (d x e2)
-        v = (d @ q.T) * inv
-        t = (e2 * q).sum(-1)[None] * inv
+        tvec = origin[None] - v0
+        u = (tvec * h).sum(-1) * inv
+        q = torch.linalg.cross(tvec, e1, dim=-1)
+        v = (dr * q).sum(-1) * inv
+        t = (e2 * q).sum(-1) * inv
         hit = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 1e-6)
         t = torch.where(hit, t, torch.full_like(t, float("inf")))
-        tmin, arg = t.min(1)
-        better = tmin < first
-        first = torch.where(better, tmin, first)
-        face = torch.where(better, arg + s, face)
+        best = torch.full((k,), float("inf"), device=points.device, dtype=points.dtype)
+        best = best.scatter_reduce(0, ray, t, reduce="amin")
+        better = best < first
+        # the face of each ray's best hit: the pair whose t equals the minimum
+        is_best = hit & (t == best[ray]) & better[ray]
+        face = face.scatter(0, ray[is_best], f[is_best])
+        first = torch.where(better, best, first)
     return first, face
 
 
@@ -247,7 +267,7 @@ def _primitives(uv: torch.Tensor, vis: torch.Tensor, config: SkeletonConfig, sca
             a, b = OPENPOSE_BODY[p - 1], OPENPOSE_BODY[q - 1]
             if v[a] and v[b]:
                 prims.add(a, b, max(STICK_WIDTH * scale, MIN_LINE_RADIUS), 0,
-                          tuple(c * LIMB_INTENSITY for c in BODY_COLORS[i]))
+                          tuple(float(round(c * LIMB_INTENSITY)) for c in BODY_COLORS[i]))
         for i, k in enumerate(OPENPOSE_BODY):
             if v[k]:
                 prims.add(k, k, disc_radius(BODY_RADIUS), 2, BODY_COLORS[i])
@@ -268,13 +288,61 @@ def _primitives(uv: torch.Tensor, vis: torch.Tensor, config: SkeletonConfig, sca
 
 
 def draw_skeleton(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int,
-                  config: SkeletonConfig | None = None, tile: int = 16) -> torch.Tensor:
+                  config: SkeletonConfig | None = None, tile: int = 16, method: str = "auto") -> torch.Tensor:
     """(3, H, W) float image in [0, 1] (black background) from pixel positions (127, 2) (+0.5
-    pixel-centre convention) and visibility (127,).
+    pixel-centre convention) and visibility (127,); each pixel takes the colour of the last
+    primitive (in painter's order) that covers it.
 
-    Every primitive is tested only on the tiles its bounding box touches; each pixel takes the
-    colour of the last primitive (in painter's order) that covers it."""
+    method "torch" tests every primitive on the tiles its bounding box touches, on the
+    tensors' device (no image leaves the GPU); "pil" fills polygons with Pillow, 20x faster on
+    the CPU (where the batch workers draw); "auto" picks by device (and falls back to torch for
+    keypoints projected absurdly far off the image, which Pillow's integer rasteriser mishandles)."""
     config = config or SkeletonConfig()
+    if method == "auto":
+        cpu = uv.device.type == "cpu"
+        far = cpu and bool(vis.any()) and bool((uv[vis].abs() > PIL_MAX_COORD).any())
+        method = "pil" if cpu and not far else "torch"
+    if method == "pil":
+        return _draw_pil(uv, vis, width, height, config)
+    return _draw_torch(uv, vis, width, height, config, tile)
+
+
+def _draw_pil(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int, config: SkeletonConfig) -> torch.Tensor:
+    from PIL import Image, ImageDraw
+
+    prims = _primitives(uv, vis, config, min(width, height) / 512.0)
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    # Pillow floors vertex coordinates and fills inclusively: with the +0.5 convention's
+    # coordinates that rounds every edge to the nearest pixel centre.
+    pts = uv.double().numpy()
+    ring = np.linspace(0.0, 2.0 * np.pi, 36, endpoint=False)
+    circle = np.stack([np.cos(ring), np.sin(ring)], 1)
+    for a, b, r, kind, color in zip(prims.a, prims.b, prims.r, prims.kind, prims.color):
+        fill = tuple(int(round(c)) for c in color)
+        pa, pb = pts[a], pts[b]
+        if kind == 2:
+            draw.polygon((pa + r * circle).ravel().tolist(), fill=fill)
+            continue
+        seg = pb - pa
+        length = float(np.hypot(*seg))
+        d = seg / length if length > 1e-9 else np.array([1.0, 0.0])
+        n = np.array([-d[1], d[0]])
+        if kind == 0:       # the ellipse spanning a-b
+            centre = 0.5 * (pa + pb)
+            poly = centre + np.outer(np.cos(ring) * max(0.5 * length, 1e-6), d) + np.outer(np.sin(ring) * r, n)
+        else:               # the capsule around a-b
+            half = np.pi / 2
+            arc = np.linspace(-half, half, 9)
+            end_b = pb + np.outer(np.cos(arc) * r, d) + np.outer(np.sin(arc) * r, n)
+            end_a = pa - np.outer(np.cos(arc) * r, d) - np.outer(np.sin(arc) * r, n)
+            poly = np.concatenate([end_b, end_a])
+        draw.polygon(poly.ravel().tolist(), fill=fill)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def _draw_torch(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int, config: SkeletonConfig,
+                tile: int) -> torch.Tensor:
     device = uv.device
     scale = min(width, height) / 512.0
     prims = _primitives(uv, vis, config, scale)
