@@ -83,6 +83,11 @@ def job_params(context: Any, resume: bool) -> dict:
             params["sd_model"] = prefs.sd_model
         if prefs.controlnet:
             params["controlnet"] = prefs.controlnet
+        if prefs.tiny_encoder.strip():
+            params["tiny_encoder"] = prefs.tiny_encoder.strip()
+            params["sds"] = dict(params.get("sds", {}), encoder="tiny")
+        if prefs.compile_models:
+            params["compile"] = True
         params["allow_download"] = bool(bpy.app.online_access)
     return params
 

@@ -6,6 +6,7 @@ reports against the backend computed here, independently.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -345,7 +346,14 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
         # a finished run resumed is just its avatar again
         assert bpy.ops.dreamwaltz.create_avatar(resume=True) == {{"FINISHED"}}
         result["resumed_state"] = p.state
+        # the fast encoder chosen in the preferences reaches the job
+        prefs.tiny_encoder = {str(models / "taesd")!r}
+        s.steps, s.run_folder = 2, {str(tmp_path / "fast")!r}
+        assert bpy.ops.dreamwaltz.create_avatar() == {{"FINISHED"}}
+        result["fast_state"] = p.state
     """, tmp_path)
+    assert result["fast_state"] == "done"
+    assert json.loads((tmp_path / "fast" / "config.json").read_text())["sds"]["encoder"] == "tiny"
     assert result["state"] == "done" and result["avatar"] == str(run / "avatar")
     from backend.avatar import read_meta
 

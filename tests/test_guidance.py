@@ -198,3 +198,34 @@ def test_cuda_graph_replay_and_channels_last_predict_the_eager_noise(tiny_dir):
     for b, w in zip(batches, want):
         out = fast(*b)
         assert torch.allclose(out, w, atol=5e-3, rtol=5e-3), float((out - w).abs().max())  # cuDNN's TF32
+
+
+@pytest.mark.gpu
+def test_graph_capture_survives_another_thread_pinning_memory(tiny_dir):
+    """The training run's batch receiver pins host memory while the noise prediction is captured."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    import threading
+
+    from backend.guidance.speed import NoisePredictor
+
+    models = load_guidance_models(tiny_dir / "stable-diffusion", tiny_dir / "controlnet", "cuda", "fp16")
+    predictor = NoisePredictor(models, graphs=True)
+    stop = threading.Event()
+
+    def pin_forever():
+        while not stop.is_set():
+            torch.empty(1 << 20, dtype=torch.uint8).pin_memory()
+
+    thread = threading.Thread(target=pin_forever, daemon=True)
+    thread.start()
+    try:
+        args = (torch.randn(2, 4, 8, 8, device="cuda", dtype=torch.float16), torch.tensor([10, 500], device="cuda"),
+                torch.randn(2, 77, models.unet.config.cross_attention_dim, device="cuda", dtype=torch.float16),
+                torch.rand(2, 3, 64, 64, device="cuda", dtype=torch.float16))
+        for _ in range(6):
+            predictor(*args)
+    finally:
+        stop.set()
+        thread.join()
+    assert predictor.graphs and predictor._captured

@@ -323,6 +323,21 @@ def test_cli_end_to_end_makes_a_loadable_avatar(tiny_dir, tmp_path, capsys):
     assert "prompt" in capsys.readouterr().err
 
 
+def test_cli_tiny_encoder_path_trains_and_reports_a_missing_encoder(tiny_dir, tmp_path, capsys):
+    from backend.cli.train_cmd import main
+
+    common = ["--prompt", "a chef", "--sd-model", str(tiny_dir / "stable-diffusion"), "--controlnet",
+              str(tiny_dir / "controlnet"), "--steps", "3", "--views", "2", "--resolution", "48", "--num-gaussians", "1200"]
+    assert main(common + ["--out", str(tmp_path / "fast"), "--tiny-encoder", str(tiny_dir / "taesd")]) == 0
+    saved = TrainConfig.from_dict(__import__("json").loads((tmp_path / "fast" / "config.json").read_text()))
+    assert saved.sds.encoder == "tiny" and saved.tiny_encoder == str(tiny_dir / "taesd")
+    assert (tmp_path / "fast" / "avatar" / "gaussians.safetensors").exists()
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "none"), "--tiny-encoder", str(tmp_path / "no-taesd")]) == 1
+    err = capsys.readouterr().err
+    assert "no-taesd" in err and "madebyollin/taesd" in err
+
+
 def test_cancel_and_resume_equal_one_run(tiny_dir, models, tmp_path):
     config = tiny_config(tiny_dir, steps=9, views=2, checkpoint_every=4,
                          densify={"every": 2, "start": 0.1, "stop": 0.9, "max_growth": 0.5})
@@ -381,6 +396,21 @@ def test_batch_source_remakes_batches_when_the_schedule_changes(tiny_dir, body):
         assert first.stage == "canonical"
     finally:
         source.close()
+    assert not source._procs
+
+
+def test_a_dead_batch_worker_gives_one_clear_error(tiny_dir, body):
+    from backend.train.batches import BatchError, BatchMaker, BatchSource
+
+    maker = BatchMaker(tiny_config(tiny_dir, views=1, resolution=32), body, torch.zeros(10))
+    source = BatchSource(maker, lambda step: "posed", lambda stage: True, torch.device("cpu"), workers=2, depth=2)
+    source.get(0)
+    for proc in source._procs:
+        proc.kill()
+        proc.join()
+    with pytest.raises(BatchError, match="workers exited"):
+        for step in range(1, 50):
+            source.get(step)
     assert not source._procs
 
 

@@ -243,7 +243,9 @@ class PoseGraph:
                 _pose_device(avatar, *self.inputs, state)
         torch.cuda.current_stream(t.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread-local: other threads of the process (a training run's batch receiver pinning
+        # memory, the server's jobs) may call CUDA meanwhile without invalidating the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = _pose_device(avatar, *self.inputs, state)
 
     def __call__(self, t: torch.Tensor, expression: torch.Tensor | None, rots: torch.Tensor | None) -> GaussianSet:

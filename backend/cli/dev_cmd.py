@@ -2,7 +2,7 @@
 
 tiny-models writes random-weight models of the Stable Diffusion 1.5 and OpenPose ControlNet
 architectures at tiny widths, in the diffusers folder layout, as DIR/stable-diffusion and
-DIR/controlnet, so that `python -m backend train --sd-model DIR/stable-diffusion --controlnet
+DIR/controlnet (and a tiny TAESD encoder as DIR/taesd), so that `python -m backend train --sd-model DIR/stable-diffusion --controlnet
 DIR/controlnet ...` runs anywhere (CPU, no download) in seconds. They produce noise, not
 avatars: they exist to exercise the whole pipeline.
 """
@@ -19,8 +19,9 @@ def _tiny_models(args: argparse.Namespace) -> int:
     from ..guidance.configs import write_model_folders
 
     sd, cn = write_model_folders(args.out, size=args.size, seed=args.seed)
-    print(f"wrote {sd} and {cn}", file=sys.stderr)
-    print(f"use: python -m backend train --sd-model {sd} --controlnet {cn} ...", file=sys.stderr)
+    print(f"wrote {sd}, {cn} and {sd.parent / 'taesd'}", file=sys.stderr)
+    print(f"use: python -m backend train --sd-model {sd} --controlnet {cn} [--tiny-encoder {sd.parent / 'taesd'}] ...",
+          file=sys.stderr)
     return 0
 
 

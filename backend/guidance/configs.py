@@ -180,9 +180,23 @@ MODEL_INDEX = {
 }
 
 
+def build_tiny_encoder(size: str = "tiny", seed: int = 0) -> Any:
+    """A random-weight TAESD (`AutoencoderTiny`): the real architecture for "sd15", 16 channels
+    wide for "tiny"."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    if size == "sd15":
+        return AutoencoderTiny().eval()
+    return AutoencoderTiny(encoder_block_out_channels=(16, 16, 16, 16),
+                           decoder_block_out_channels=(16, 16, 16, 16)).eval()
+
+
 def write_model_folders(out: str | os.PathLike, size: str = "tiny", seed: int = 0) -> tuple[Path, Path]:
-    """Write `out/stable-diffusion` (diffusers layout) and `out/controlnet`; returns both paths.
-    Each folder is built beside its target and renamed into place (written whole or not at all)."""
+    """Write `out/stable-diffusion` (diffusers layout), `out/controlnet` and `out/taesd` (a tiny
+    encoder for `--tiny-encoder`); returns the first two. Each folder is built beside its target
+    and renamed into place (written whole or not at all)."""
     import shutil
     import tempfile
 
@@ -205,7 +219,8 @@ def write_model_folders(out: str | os.PathLike, size: str = "tiny", seed: int = 
             f"Random-weight Stable Diffusion 1.5 architecture at '{size}' size, made by "
             "`python -m backend dev tiny-models` for tests. It generates noise, not images.\n")
         models["controlnet"].save_pretrained(str(cn_tmp))
-        for src, dst in ((sd_tmp, sd_dir), (cn_tmp, cn_dir)):
+        build_tiny_encoder(size, seed).save_pretrained(str(staging / "taesd"))
+        for src, dst in ((sd_tmp, sd_dir), (cn_tmp, cn_dir), (staging / "taesd", out / "taesd")):
             if dst.exists():
                 shutil.rmtree(dst)
             os.replace(src, dst)

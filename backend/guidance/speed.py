@@ -105,7 +105,8 @@ class NoisePredictor:
             graph = torch.cuda.CUDAGraph()
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread-local: the batch receiver thread pins host memory during the capture
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 static_out = self.run(*static_in)
         except Exception as exc:  # noqa: BLE001 - an uncapturable op: keep working without graphs
             torch.cuda.synchronize()

@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import queue
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -247,7 +248,10 @@ class BatchSource:
             if kind == "ok":
                 payload = Batch.unpack(payload)
                 if pin:
-                    payload = payload.pinned()
+                    try:
+                        payload = payload.pinned()
+                    except RuntimeError as exc:  # the training thread pins it then
+                        log.debug("could not pin the batch of iteration %d: %s", step, exc)
             self._inbox.put((kind, step, payload))
 
     def _request(self, first: int, last: int) -> None:
@@ -260,15 +264,24 @@ class BatchSource:
             self._pending[step] = task
             self._tasks.put((step,) + task)
 
+    def _next_result(self) -> tuple[str, int, Any]:
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        while True:
+            try:
+                return self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                pass
+            dead = [p.exitcode for p in self._procs if not p.is_alive()]
+            receiver_dead = self._receiver is None or not self._receiver.is_alive()
+            if dead or receiver_dead or time.monotonic() > deadline:
+                self.close()
+                why = (f"workers exited with {dead}" if dead else "the receiving thread stopped" if receiver_dead
+                       else f"nothing arrived in {WORKER_TIMEOUT_S:.0f} s")
+                raise BatchError(f"the batch workers failed: {why}")
+
     def _receive(self, step: int) -> None:
         while step not in self._ready:
-            try:
-                kind, got, payload = self._inbox.get(timeout=WORKER_TIMEOUT_S)
-            except queue.Empty:
-                dead = [p.exitcode for p in self._procs if not p.is_alive()]
-                self.close()
-                raise BatchError(f"no batch from the workers in {WORKER_TIMEOUT_S:.0f} s"
-                                 + (f" (workers exited with {dead})" if dead else "")) from None
+            kind, got, payload = self._next_result()
             if kind == "error":
                 self.close()
                 raise BatchError(f"making the batch of iteration {got} failed in a worker:\n{payload}")

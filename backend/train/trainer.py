@@ -1,9 +1,9 @@
 """The training loop: skeleton-guided score distillation into the hybrid Gaussian avatar.
 
-One iteration: sample a pose (canonical, perturbed or random, by stage) and `views` cameras
-(full body, face or hand close-ups); pose the body model and the avatar with the same skinning
-transforms; render each view over a random background; draw the OpenPose skeleton of the same
-pose through the same camera; take the SDS loss of SD 1.5 + ControlNet (in the template stage
+One iteration: take its batch (`batches.py`: a pose, canonical, perturbed or random by stage,
+`views` cameras, full body or face and hand close-ups, backgrounds and the OpenPose skeleton of
+each view, made ahead by worker processes); pose the avatar with the batch's skinning
+transforms; render all views over their backgrounds in one rasterizer call; take the SDS loss of SD 1.5 + ControlNet (in the template stage
 instead: a photometric fit to the template avatar); backpropagate to the Gaussians (and the
 hash-grid field); step Adam; accumulate screen-space gradients and densify / prune the free
 Gaussians on schedule.
