@@ -472,6 +472,23 @@ def test_train_job_through_the_server_protocol(tiny_dir, tmp_path, models, monke
     assert all(e[0] in ("template", "canonical", "posed") for e in ctx.events)
 
 
+def test_train_job_in_the_real_backend_process_with_batch_workers(tiny_dir, tmp_path):
+    """The add-on's path: a train job in `python -m backend serve`, whose batch workers are
+    processes spawned from the server."""
+    from dreamwaltz_blender import client as C
+
+    c = C.BackendClient(log_path=None)
+    try:
+        job = c.job_start("train", prompt="a chef", out=str(tmp_path / "run"), steps=4, views=2, resolution=48,
+                          num_gaussians=1200, workers=2, sd_model=str(tiny_dir / "stable-diffusion"),
+                          controlnet=str(tiny_dir / "controlnet"), checkpoint_every=0, preview_every=0)
+        final = c.wait_job(job, timeout=300)
+    finally:
+        c.close()
+    assert final["event"] == "job_done", final
+    assert Path(final["result"]["avatar"]).is_dir() and final["result"]["steps"] == 4
+
+
 def test_sigint_saves_a_checkpoint_and_resume_finishes(tiny_dir, tmp_path):
     out = tmp_path / "sig"
     cmd = [sys.executable, "-m", "backend", "train", "--prompt", "a chef", "--out", str(out),

@@ -294,7 +294,7 @@ def draw_skeleton(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int,
     primitive (in painter's order) that covers it.
 
     method "torch" tests every primitive on the tiles its bounding box touches, on the
-    tensors' device (no image leaves the GPU); "pil" fills polygons with Pillow, 20x faster on
+    tensors' device (no image leaves the GPU); "pil" fills polygons with Pillow, 3x faster on
     the CPU (where the batch workers draw); "auto" picks by device (and falls back to torch for
     keypoints projected absurdly far off the image, which Pillow's integer rasteriser mishandles)."""
     config = config or SkeletonConfig()
