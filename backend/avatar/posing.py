@@ -6,6 +6,7 @@ SMPL-X pose parameters are first turned into the same transforms by forward kine
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,8 @@ import torch
 from ..body.kinematics import rodrigues, skinning_transforms
 from ..render import GaussianSet
 from .gaussians import Avatar
+
+log = logging.getLogger(__name__)
 
 
 class PoseError(ValueError):
@@ -258,7 +261,7 @@ class PoseGraph:
 
 def _graphable(avatar: Avatar) -> bool:
     return (avatar.device.type == "cuda" and not torch.is_grad_enabled()
-            and not os.environ.get("DREAMWALTZ_NO_CUDA_GRAPHS")
+            and not os.environ.get("DREAMWALTZ_NO_CUDA_GRAPHS") and not avatar.cache.get("no_graphs")
             and not any(p.requires_grad for p in (avatar.free.means, avatar.bound.offsets)))
 
 
@@ -283,7 +286,13 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
     if key not in graphs or graphs[key].state is not state:
         if len(graphs) > 8:
             graphs.clear()
-        graphs[key] = PoseGraph(avatar, state, t, expression, rots)
+        try:
+            graphs[key] = PoseGraph(avatar, state, t, expression, rots)
+        except RuntimeError as exc:  # an uncapturable op or driver: posing works without graphs
+            torch.cuda.synchronize(device)
+            log.warning("CUDA graph capture of the posing failed (%s); posing without graphs", exc)
+            avatar.cache["no_graphs"] = True
+            return _pose_device(avatar, t, expression, rots, state)
     return graphs[key](t, expression, rots)
 
 
