@@ -14,7 +14,11 @@ bookkeeping. Phases are timed with a GPU synchronisation at each boundary (so th
 a little more than the real time); "ms/iter" is timed without those syncs.
 
 Beside our configurations the table measures a DreamWaltz-G-equivalent one in our code (fp32
-diffusion, one view per step, guidance scale 50), so the speed-up is a ratio from one run.
+diffusion, one view per step, guidance scale 50, without our speed-ups), so the speed-up is a
+ratio from one run, and "plain": ours without CUDA graphs and batch workers. Row ids for
+--only: 4-fp16, 1-fp16, 4-bf16, 1-bf16, taesd-4-fp16 (the tiny encoder), plain-4-fp16,
+dwg-1-fp32, and the same with -c for torch.compile (4-fp16-c, taesd-4-fp16-c, 4-bf16-c, ...).
+Each compiled row compiles for 1.5-3 minutes first; a device call of 10 minutes fits about four.
 """
 
 from __future__ import annotations
