@@ -196,7 +196,7 @@ def _worker(config: TrainConfig, betas: np.ndarray, tasks: Any, results: Any) ->
 
 class BatchSource:
     """Batches in step order: made by `workers` processes ahead of time, or here when there are
-    none. `stage_of(step)` says which stage a step is in and `needs_controls(stage)` whether it
+    none (or when the workers fail: a warning, and the run goes on with the same batches). `stage_of(step)` says which stage a step is in and `needs_controls(stage)` whether it
     needs skeleton images; when they change (a time budget shortens the schedule), batches made
     for the old plan are made again."""
 
@@ -299,8 +299,14 @@ class BatchSource:
             self._start()
         for old in [s for s in self._ready if s < step]:
             del self._ready[old]
-        self._request(step, step + self.depth)
-        self._receive(step)
+        try:
+            self._request(step, step + self.depth)
+            self._receive(step)
+        except BatchError as exc:  # the batches are the same either way: go on without workers
+            log.warning("%s; making batches in the training process from now on", exc)
+            self.close()
+            self.workers = 0
+            return self.get(step)
         return self._ready.pop(step).to(self.device)
 
     def close(self) -> None:

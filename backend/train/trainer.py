@@ -37,7 +37,7 @@ from ..guidance import GuidanceModels, SDSGuidance, load_guidance_models, load_t
 from ..guidance.speed import accelerate
 from ..render import GaussianSet, rasterize, rasterize_views
 from .appearance import ColorField
-from .batches import Batch, BatchError, BatchMaker, BatchSource, default_workers, pose_body, step_seed
+from .batches import Batch, BatchMaker, BatchSource, default_workers, pose_body, step_seed
 from .cameras import View, front_camera
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -533,8 +533,6 @@ class Trainer:
     def run(self) -> Path:
         try:
             return self._run()
-        except BatchError as exc:  # a crashed worker: the run stops with the last checkpoint kept
-            raise TrainingError(f"{exc}; resume the run to continue from its last checkpoint") from exc
         finally:
             self.close()
 
