@@ -174,8 +174,8 @@ def main(argv: list[str]) -> int:
                         help="encode renders with a TAESD AutoencoderTiny (e.g. madebyollin/taesd) instead of the "
                              "SD VAE: about 2x faster iterations; its effect on quality is not yet measured")
     parser.add_argument("--workers", type=int, default=None,
-                        help="processes preparing poses, cameras and skeleton images ahead (default: all CPU "
-                             "cores but two on a GPU, none on the CPU)")
+                        help="processes preparing poses, cameras and skeleton images ahead (default on a GPU: all "
+                             "CPU cores but two, at most 16, 0.4 GB each; none on the CPU)")
     parser.add_argument("--rasterizer", choices=("auto", "torch", "gsplat"), default=None)
     parser.add_argument("--betas", default=None, help="body shape (comma-separated)")
     parser.add_argument("--checkpoint-every", type=int, default=None)

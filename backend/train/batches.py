@@ -166,14 +166,33 @@ class BatchMaker:
                      controls=images)
 
 
+WORKER_MEMORY = 0.4e9   # bytes a worker holds (torch, the body model, its batches): measured 0.3-0.4 GB
+
+
+def _available_memory() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def default_workers(device: torch.device) -> int:
     """Worker processes worth running: on a GPU, all cores but two (one 512 px view takes
-    10-40 ms of a core, and an iteration of 4 views on an H200 about 60 ms); none when training
-    on the CPU (the workers would take the cores the training needs)."""
+    10-40 ms of a core, and an iteration of 4 views on an H200 about 60 ms), at most 16 and
+    within a quarter of the free memory; none when training on the CPU (the workers would take
+    the cores the training needs)."""
     if device.type != "cuda":
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(16, cores - 2))
+    n = min(16, cores - 2)
+    free = _available_memory()
+    if free is not None:
+        n = min(n, int(0.25 * free / WORKER_MEMORY))
+    return max(0, n)
 
 
 def _worker(config: TrainConfig, betas: np.ndarray, tasks: Any, results: Any) -> None:
