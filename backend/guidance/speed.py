@@ -25,14 +25,18 @@ WARMUP_CALLS = 2   # before capture: cuDNN autotuning and torch.compile happen o
 
 def accelerate(models: GuidanceModels, channels_last: bool = False, compile: bool = False,
                tiny_encoder: Any = None, mode: str | None = None) -> GuidanceModels:
-    """Layout and torch.compile for the UNet, the ControlNet and the encoder (static shapes: one
-    compile per batch size). In place; returns `models`.
+    """cuDNN autotuning, layout and torch.compile for the UNet, the ControlNet and the encoder
+    (static shapes: one compile per batch size). In place; returns `models`.
 
     Measured on an H200 (bench/results/guidance_parts_h200.txt): channels-last makes SD 1.5's
     UNet + ControlNet and VAE encoder slower in eager mode (their GroupNorms fall back to
     contiguous copies) and gains under 5 % compiled, so it is off by default; the tiny encoder,
     without GroupNorm, is 30 % faster channels-last and always gets it on CUDA."""
     cuda = models.device.type == "cuda"
+    if cuda:
+        # static shapes for a whole run: cuDNN times its convolution algorithms once (as
+        # bench/train.py measured it)
+        torch.backends.cudnn.benchmark = True
     if channels_last and cuda:
         for module in (models.unet, models.controlnet, models.vae.encoder):
             module.to(memory_format=torch.channels_last)
