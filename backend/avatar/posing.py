@@ -288,7 +288,7 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
             graphs.clear()
         try:
             graphs[key] = PoseGraph(avatar, state, t, expression, rots)
-        except RuntimeError as exc:  # an uncapturable op or driver: posing works without graphs
+        except Exception as exc:  # noqa: BLE001 - an uncapturable op or driver: posing works without graphs
             torch.cuda.synchronize(device)
             log.warning("CUDA graph capture of the posing failed (%s); posing without graphs", exc)
             avatar.cache["no_graphs"] = True

@@ -269,7 +269,7 @@ class BatchSource:
                 if pin:
                     try:
                         payload = payload.pinned()
-                    except RuntimeError as exc:  # the training thread pins it then
+                    except Exception as exc:  # noqa: BLE001 - e.g. during a CUDA-graph capture: pinned later
                         log.debug("could not pin the batch of iteration %d: %s", step, exc)
             self._inbox.put((kind, step, payload))
 
