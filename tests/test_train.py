@@ -394,6 +394,9 @@ def test_batch_source_remakes_batches_when_the_schedule_changes(tiny_dir, body):
             for u, v in zip(got.views, want.views):
                 assert np.allclose(u.camera.world_to_camera, v.camera.world_to_camera, atol=1e-6)
         assert first.stage == "canonical"
+        began = time.monotonic()
+        source.close()   # with batches still queued and unread: cancelling a run must be quick
+        assert time.monotonic() - began < 4.0
     finally:
         source.close()
     assert not source._procs

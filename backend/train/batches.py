@@ -205,6 +205,7 @@ def _worker(config: TrainConfig, betas: np.ndarray, tasks: Any, results: Any) ->
     while True:
         task = tasks.get()
         if task is None:
+            results.cancel_join_thread()  # exit now, even if unread batches are still buffered
             return
         step, stage, controls = task
         try:
@@ -336,12 +337,20 @@ class BatchSource:
             self._receiver.join(timeout=5)
             self._receiver = None
         self._inbox = queue.Queue()
-        for _ in procs:
-            self._tasks.put(None)
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+        if procs:
+            try:  # batches nobody will use: skip them
+                while True:
+                    self._tasks.get_nowait()
+            except (queue.Empty, OSError, EOFError):
+                pass
+            for _ in procs:
+                self._tasks.put(None)
+            deadline = time.monotonic() + 5.0
+            for proc in procs:
+                proc.join(timeout=max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(timeout=1.0)
         self._pending.clear()
         self._ready.clear()
 
