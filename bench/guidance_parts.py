@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.guidance import prepare_models  # noqa: E402
-from backend.guidance.configs import build_random_models  # noqa: E402
+from backend.guidance.configs import build_random_models, build_tiny_encoder  # noqa: E402
 from backend.guidance.speed import NoisePredictor  # noqa: E402
 
 VIEWS = 4
@@ -68,9 +68,7 @@ def main() -> int:
     dev = torch.device("cuda")
     parts = dict(build_random_models("sd15", seed=0, device="cpu"), tokenizer=None)
     master = prepare_models(parts, dev, dtype)
-    from diffusers import AutoencoderTiny
-
-    taesd = AutoencoderTiny()
+    taesd = build_tiny_encoder("sd15")
     taesd.decoder = None
     taesd = taesd.requires_grad_(False).eval().to(dev, dtype)
     g = torch.Generator(dev).manual_seed(0)

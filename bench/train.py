@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.guidance import SDSConfig, prepare_models  # noqa: E402
-from backend.guidance.configs import build_random_models, byte_tokenizer  # noqa: E402
+from backend.guidance.configs import build_random_models, build_tiny_encoder, byte_tokenizer  # noqa: E402
 from backend.render import available_backends  # noqa: E402
 from backend.train import PhaseTimer, TrainConfig, Trainer  # noqa: E402
 
@@ -106,11 +106,9 @@ def build_master(size: str, device: str, tmp: Path) -> dict:
 
 
 def tiny_encoder(device: str, dtype: torch.dtype, smoke: bool):
-    from diffusers import AutoencoderTiny
-
-    enc = AutoencoderTiny()  # the TAESD architecture
+    enc = build_tiny_encoder("tiny" if smoke else "sd15")
     enc.decoder = None
-    return enc.requires_grad_(False).eval().to(device=device, dtype=dtype)
+    return enc.requires_grad_(False).to(device=device, dtype=dtype)
 
 
 def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> dict:

@@ -30,6 +30,7 @@ import torch
 
 from ..body import BodyModel
 from .cameras import CameraSampler, View
+from ..render.core import upload
 from .config import TrainConfig
 from .poses import PoseSampler, to_torch
 from .skeleton import SkeletonRenderer
@@ -54,27 +55,18 @@ class Batch:
     backgrounds: torch.Tensor           # (V, 3) in [0, 1]
     controls: torch.Tensor | None       # (V, H, W, 3) uint8 skeleton images, None in the template stage
 
+    def _map(self, fn: Callable[[Any], Any]) -> "Batch":
+        """The batch with `fn` applied to each of its tensors (None stays None)."""
+        return dataclasses.replace(self, **{name: None if getattr(self, name) is None else fn(getattr(self, name))
+                                            for name in TENSOR_FIELDS})
+
     def to(self, device: torch.device) -> "Batch":
         """On `device`, copied asynchronously from pinned memory (no wait for the GPU)."""
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
-                t = t.pin_memory()
-            return t.to(device, non_blocking=True)
-
-        return dataclasses.replace(self, transforms=move(self.transforms), rotations=move(self.rotations),
-                                   expression=move(self.expression), backgrounds=move(self.backgrounds),
-                                   controls=move(self.controls))
+        return self._map(lambda t: upload(t, device, t.dtype))
 
     def pinned(self) -> "Batch":
         """In page-locked host memory, so that `to(cuda)` is a plain asynchronous copy."""
-        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
-            return t if t is None or t.is_pinned() else t.pin_memory()
-
-        return dataclasses.replace(self, transforms=pin(self.transforms), rotations=pin(self.rotations),
-                                   expression=pin(self.expression), backgrounds=pin(self.backgrounds),
-                                   controls=pin(self.controls))
+        return self._map(lambda t: t.pin_memory())
 
     def control_images(self) -> torch.Tensor | None:
         """(V, 3, H, W) float skeleton images in [0, 1]."""
@@ -84,19 +76,15 @@ class Batch:
 
     def pack(self) -> dict[str, Any]:
         """Plain arrays, for sending between processes."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("transforms", "rotations", "expression", "backgrounds", "controls"):
-            if out[name] is not None:
-                out[name] = out[name].cpu().numpy()
-        return out
+        packed = self._map(lambda t: t.cpu().numpy())
+        return {f.name: getattr(packed, f.name) for f in dataclasses.fields(packed)}
 
     @classmethod
     def unpack(cls, data: dict[str, Any]) -> "Batch":
-        data = dict(data)
-        for name in ("transforms", "rotations", "expression", "backgrounds", "controls"):
-            if data[name] is not None:
-                data[name] = torch.from_numpy(data[name])
-        return cls(**data)
+        return cls(**data)._map(torch.from_numpy)
+
+
+TENSOR_FIELDS = ("transforms", "rotations", "expression", "backgrounds", "controls")
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
@@ -216,9 +204,10 @@ def _worker(config: TrainConfig, betas: np.ndarray, tasks: Any, results: Any) ->
 
 class BatchSource:
     """Batches in step order: made by `workers` processes ahead of time, or here when there are
-    none (or when the workers fail: a warning, and the run goes on with the same batches). `stage_of(step)` says which stage a step is in and `needs_controls(stage)` whether it
-    needs skeleton images; when they change (a time budget shortens the schedule), batches made
-    for the old plan are made again."""
+    none (or when the workers fail: a warning, and the run goes on with the same batches).
+    `stage_of(step)` says which stage a step is in and `needs_controls(stage)` whether it needs
+    skeleton images; when they change (a time budget shortens the schedule), batches made for
+    the old plan are made again."""
 
     def __init__(self, maker: BatchMaker, stage_of: Callable[[int], str], needs_controls: Callable[[str], bool],
                  device: torch.device, workers: int = 0, depth: int | None = None) -> None:

@@ -3,8 +3,8 @@
 One iteration: take its batch (`batches.py`: a pose, canonical, perturbed or random by stage,
 `views` cameras, full body or face and hand close-ups, backgrounds and the OpenPose skeleton of
 each view, made ahead by worker processes); pose the avatar with the batch's skinning
-transforms; render all views over their backgrounds in one rasterizer call; take the SDS loss of SD 1.5 + ControlNet (in the template stage
-instead: a photometric fit to the template avatar); backpropagate to the Gaussians (and the
+transforms; render all views over their backgrounds in one rasterizer call; take the SDS loss
+of SD 1.5 + ControlNet (in the template stage instead: a photometric fit to the template avatar); backpropagate to the Gaussians (and the
 hash-grid field); step Adam; accumulate screen-space gradients and densify / prune the free
 Gaussians on schedule.
 
@@ -41,7 +41,6 @@ from .batches import Batch, BatchMaker, BatchSource, default_workers, pose_body,
 from .cameras import View, front_camera
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .poses import PoseSampler
 from .stages import Schedule, template_avatar
 from .strategy import DensifyStrategy, ParamEditor, scene_scale_of
 
@@ -181,10 +180,11 @@ class Trainer:
         self.strategy = DensifyStrategy(c.densify, self.scene_scale)
         self.schedule = Schedule.create(c.total_steps, c.template_share, c.canonical_fraction)
         self.step_index = 0
-        self.poses = PoseSampler(c.poses, self.body.num_expression, c.expression)
+        maker = BatchMaker(c, self.body, self.betas, self.fixed_views)
+        self.poses = maker.poses
         workers = default_workers(self.device) if c.workers < 0 else c.workers
-        self.batches = BatchSource(BatchMaker(c, self.body, self.betas, self.fixed_views),
-                                   lambda step: self.schedule.stage_at(step), self._needs_controls, self.device, workers)
+        self.batches = BatchSource(maker, lambda step: self.schedule.stage_at(step), self._needs_controls,
+                                   self.device, workers)
         self._body_faces = torch.as_tensor(self.body.faces, device=self.device)
         self._pose_cache: dict = {}
 
@@ -316,8 +316,9 @@ class Trainer:
             n_free = len(self.params["free.means"])
             track = c.densify.enabled and stage != "template" and gs.means.requires_grad
             per_view_means = [gs.means + 0.0 if track else gs.means for _ in views]
-            for means in per_view_means if track else ():
-                means.retain_grad()
+            if track:  # per-view screen-space gradients for densification
+                for means in per_view_means:
+                    means.retain_grad()
             sets = [GaussianSet(means=m, quats=gs.quats, scales=gs.scales, opacities=gs.opacities, colors=gs.colors)
                     for m in per_view_means]
             cameras = [v.camera for v in views]
