@@ -59,6 +59,10 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd rows (minutes)")
     parser.add_argument("--dtype", default="fp16", choices=("fp16", "bf16"))
+    parser.add_argument("--layouts", default="NCHW,channels-last", help="comma-separated: NCHW, channels-last")
+    parser.add_argument("--attention", default="auto",
+                        help="comma-separated attention kernels for ControlNet+UNet: auto (torch's choice), "
+                             "cudnn, flash, efficient, math")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -92,23 +96,30 @@ def main() -> int:
     def add(part: str, variant: str, fn: Callable[[], object], work: float) -> None:
         ms = time_ms(fn, args.iters)
         rows.append((part, variant, ms, work / ms / 1e9))
-        print(f"{part:<26} {variant:<28} {ms:8.2f} ms {work / ms / 1e9:7.0f} TFLOP/s", file=sys.stderr, flush=True)
+        print(f"{part:<26} {variant:<46} {ms:8.2f} ms {work / ms / 1e9:7.0f} TFLOP/s", file=sys.stderr, flush=True)
 
     with torch.no_grad():
         unet_flops = flops(lambda: NoisePredictor(master, graphs=False)(lat, t, emb, ctrl))
     vae_flops = flops(encoder_step(master.vae.encoder, False))
     tae_flops = flops(encoder_step(taesd.encoder, False))
-    for layout in ("NCHW", "channels-last"):
+    layouts = args.layouts.split(",")
+    kernels = args.attention.split(",")
+
+    def label(layout: str, mode: str, attention: str) -> str:
+        return f"{layout}, {mode}" + ("" if attention == "auto" else f", {attention} attn")
+
+    for layout in layouts:
         m = copy.deepcopy(master)
         if layout == "channels-last":
             m.unet.to(memory_format=torch.channels_last)
             m.controlnet.to(memory_format=torch.channels_last)
             m.vae.encoder.to(memory_format=torch.channels_last)
             m.channels_last = True
-        for graphs in (False, True):
-            pred = NoisePredictor(m, graphs=graphs)
-            add("ControlNet+UNet, batch 8", f"{layout}, {'CUDA graph' if graphs else 'eager'}",
-                lambda: pred(lat, t, emb, ctrl), unet_flops)
+        for attention in kernels:
+            for graphs in (False, True):
+                pred = NoisePredictor(m, graphs=graphs, attention=attention)
+                add("ControlNet+UNet, batch 8", label(layout, "CUDA graph" if graphs else "eager", attention),
+                    lambda: pred(lat, t, emb, ctrl), unet_flops)
         add("VAE encoder fwd+bwd, 4", f"{layout}, eager", encoder_step(m.vae.encoder, layout != "NCHW"), vae_flops)
         tae = copy.deepcopy(taesd)
         if layout != "NCHW":
@@ -116,7 +127,7 @@ def main() -> int:
         add("TAESD encoder fwd+bwd, 4", f"{layout}, eager", encoder_step(tae.encoder, layout != "NCHW"), tae_flops)
         del m
     if args.compile:
-        for layout in ("NCHW", "channels-last"):
+        for layout in layouts:
             m = copy.deepcopy(master)
             cl = layout == "channels-last"
             if cl:
@@ -128,20 +139,24 @@ def main() -> int:
             encoder_step(enc, cl)()
             add("VAE encoder fwd+bwd, 4", f"{layout}, compiled ({time.perf_counter() - t0:.0f} s)",
                 encoder_step(enc, cl), vae_flops)
-            m.unet = torch.compile(m.unet, dynamic=False)
-            m.controlnet = torch.compile(m.controlnet, dynamic=False)
-            pred = NoisePredictor(m, graphs=True)
-            t0 = time.perf_counter()
-            pred(lat, t, emb, ctrl)
-            add("ControlNet+UNet, batch 8", f"{layout}, compiled+graph ({time.perf_counter() - t0:.0f} s)",
-                lambda: pred(lat, t, emb, ctrl), unet_flops)
+            unet, controlnet = m.unet, m.controlnet
+            for attention in kernels:
+                torch._dynamo.reset()
+                m.unet = torch.compile(unet, dynamic=False)
+                m.controlnet = torch.compile(controlnet, dynamic=False)
+                pred = NoisePredictor(m, graphs=True, attention=attention)
+                t0 = time.perf_counter()
+                pred(lat, t, emb, ctrl)
+                mode = f"compiled+graph ({time.perf_counter() - t0:.0f} s)"
+                add("ControlNet+UNet, batch 8", label(layout, mode, attention), lambda: pred(lat, t, emb, ctrl),
+                    unet_flops)
             del m
     lines = [f"# diffusion parts of one {VIEWS}-view SDS iteration ({args.dtype}, random SD 1.5-sized weights)",
              f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, CUDA {torch.version.cuda}",
              f"work: ControlNet+UNet {unet_flops / 1e12:.2f} TFLOP, VAE encoder fwd+bwd {vae_flops / 1e12:.2f} TFLOP, "
              f"TAESD encoder fwd+bwd {tae_flops / 1e12:.2f} TFLOP (torch.utils.flop_counter)", "",
-             f"{'part':<26} {'variant':<34} {'ms':>8} {'TFLOP/s':>8}", "-" * 80]
-    lines += [f"{p:<26} {v:<34} {ms:>8.2f} {tf:>8.0f}" for p, v, ms, tf in rows]
+             f"{'part':<26} {'variant':<46} {'ms':>8} {'TFLOP/s':>8}", "-" * 92]
+    lines += [f"{p:<26} {v:<46} {ms:>8.2f} {tf:>8.0f}" for p, v, ms, tf in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -121,7 +121,8 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
                          resolution=args.resolution, num_gaussians=args.gaussians, template_fraction=0.0,
                          canonical_fraction=0.0, device=device, rasterizer=args.rasterizer, sds=sds_cfg,
                          checkpoint_every=0, preview_every=0, log_every=0, compile=row.compiled,
-                         cuda_graphs=row.speedups, workers=-1 if row.speedups else 0)
+                         cuda_graphs=row.speedups, workers=-1 if row.speedups else 0,
+                         attention=args.attention if row.speedups else "auto")
     timer = PhaseTimer(enabled=False, sync=True)
     enc = tiny_encoder(device, dtype, args.smoke) if row.encoder == "tiny" else None
     trainer = Trainer(config, None, models=models, timer=timer, tiny_encoder=enc)
@@ -159,6 +160,8 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     result = {"row": row, "phases": phases, "ms": statistics.median(samples), "compile_s": compile_s,
               "gaussians": trainer.num_gaussians, "peak_gib": peak}
+    if args.profile:
+        result["profile"] = profile_steps(trainer, row, args.iters, device)
     trainer.close()
     del trainer, models, parts, enc
     gc.collect()
@@ -166,6 +169,40 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     return result
+
+
+def profile_steps(trainer: Trainer, row: Row, iters: int, device: str) -> str:
+    """Where an iteration's time goes, from torch.profiler: wall time against the GPU's kernel
+    time (a GPU busy well under 100 % means the CPU, launching, is the bottleneck), per phase
+    the CPU and GPU time, and the kernels that take the most GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    timer = trainer.timer
+    timer.enabled, timer.sync, timer.annotate = True, False, True
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            trainer.train_step()
+            trainer.step_index += 1
+        sync(device)
+        wall = (time.perf_counter() - t0) * 1000 / iters
+    timer.enabled = timer.annotate = False
+    events = prof.key_averages()
+    per_iter = 1000.0 * iters  # profiler times are in microseconds
+    gpu = sum(e.self_device_time_total for e in events) / per_iter
+    lines = [f"profile of {row.name} {row.views} views {row.dtype} {'compiled' if row.compiled else 'eager'} "
+             f"({iters} iterations, torch.profiler): wall {wall:.1f} ms/iter, GPU work {gpu:.1f} ms/iter "
+             f"(GPU busy {100 * gpu / wall:.0f} %)",
+             f"  {'phase':<10} {'cpu ms':>8} {'gpu ms':>8}"]
+    for e in sorted((e for e in events if e.key.startswith("phase:")), key=lambda e: -e.device_time_total):
+        lines.append(f"  {e.key[6:]:<10} {e.cpu_time_total / per_iter:>8.2f} {e.device_time_total / per_iter:>8.2f}")
+    lines.append(f"  {'kernel (top 25 by GPU time)':<90} {'ms/iter':>8} {'calls':>6}")
+    kernels = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)
+    for e in kernels[:25]:
+        lines.append(f"  {e.key[:90]:<90} {e.self_device_time_total / per_iter:>8.2f} {e.count // iters:>6}")
+    return "\n".join(lines)
 
 
 def table(results: list[dict], skipped: list[Row], args: argparse.Namespace, device: str, header: list[str]) -> str:
@@ -205,6 +242,7 @@ def table(results: list[dict], skipped: list[Row], args: argparse.Namespace, dev
             lines.append(f"default recipe ({DEFAULT_RECIPE_ITERATIONS} iterations x 4 views), {what}: "
                          f"{find[key]['ms']:.1f} ms/iteration, {minutes:.1f} min of iterations")
     lines.append("(plus model loading, previews, checkpoints and export; --compile adds its compile time once)")
+    lines += ["\n" + r["profile"] for r in results if "profile" in r]
     return "\n".join(lines) + "\n"
 
 
@@ -222,6 +260,10 @@ def main() -> int:
     parser.add_argument("--rasterizer", default="auto", choices=("auto", "torch", "gsplat"))
     parser.add_argument("--max-minutes", type=float, default=8.0,
                         help="skip the remaining rows once this much time has passed (default 8)")
+    parser.add_argument("--attention", default="auto",
+                        help="attention kernel for our rows: auto (torch's choice), cudnn, flash, efficient")
+    parser.add_argument("--profile", action="store_true",
+                        help="after each row, profile its iterations (GPU time per phase, top kernels)")
     parser.add_argument("--only", default=None,
                         help="comma-separated row ids to run, e.g. 4-fp16,taesd-4-fp16-c,dwg-1-fp32,plain-4-fp16")
     args = parser.parse_args()
@@ -250,7 +292,8 @@ def main() -> int:
                   + (f", CUDA {torch.version.cuda}" if device == "cuda" else "")
                   + f"; python {platform.python_version()}",
                   f"render {args.resolution}x{args.resolution} ({rasterizer}), {args.gaussians} initial Gaussians, "
-                  f"random-pose stage, guidance scale 50, {args.iters} measured iterations after {args.warmup} warm-up",
+                  f"random-pose stage, guidance scale 50, {args.iters} measured iterations after {args.warmup} warm-up"
+                  + ("" if args.attention == "auto" else f", {args.attention} attention first"),
                   "phases (ms, GPU-synchronised at each boundary): batch = pose, cameras and OpenPose images (made "
                   "ahead by worker processes, except in the rows without speed-ups) and their upload, render = "
                   "posing + rasterisation, encode = VAE (or tiny) encoder, unet+cn = ControlNet + "

@@ -229,3 +229,24 @@ def test_graph_capture_survives_another_thread_pinning_memory(tiny_dir):
         stop.set()
         thread.join()
     assert predictor.graphs and predictor._captured
+
+
+@pytest.mark.gpu
+def test_every_attention_kernel_predicts_the_same_noise(tiny_dir):
+    """`--attention` only changes speed: each kernel put first gives torch's default prediction."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from backend.guidance.speed import ATTENTION, NoisePredictor
+
+    models = load_guidance_models(tiny_dir / "stable-diffusion", tiny_dir / "controlnet", "cuda", "fp16")
+    gen = torch.Generator("cuda").manual_seed(1)
+    args = (torch.randn(4, 4, 8, 8, device="cuda", generator=gen).half(),
+            torch.randint(0, 1000, (4,), device="cuda", generator=gen),
+            torch.randn(4, 77, models.unet.config.cross_attention_dim, device="cuda", generator=gen).half(),
+            torch.rand(4, 3, 64, 64, device="cuda", generator=gen).half())
+    want = NoisePredictor(models, graphs=False)(*args).float()
+    for name in ATTENTION:
+        got = NoisePredictor(models, graphs=True, attention=name)
+        for _ in range(4):   # plain calls, capture, replay
+            out = got(*args).float()
+        assert torch.allclose(out, want, atol=2e-2, rtol=2e-2), (name, float((out - want).abs().max()))

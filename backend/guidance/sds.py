@@ -86,10 +86,10 @@ class SDSGuidance:
     """SDS loss for a batch of rendered views (see the module docstring)."""
 
     def __init__(self, models: GuidanceModels, prompt: str, config: SDSConfig | None = None,
-                 tiny_encoder: Any = None, cuda_graphs: bool = True) -> None:
+                 tiny_encoder: Any = None, cuda_graphs: bool = True, attention: str = "auto") -> None:
         self.models = models
         self.config = config or SDSConfig()
-        self.predictor = NoisePredictor(models, self.config.controlnet_scale, graphs=cuda_graphs)
+        self.predictor = NoisePredictor(models, self.config.controlnet_scale, graphs=cuda_graphs, attention=attention)
         self.prompt = prompt
         self.tiny_encoder = tiny_encoder
         if self.config.encoder == "tiny" and tiny_encoder is None:

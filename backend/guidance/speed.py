@@ -11,16 +11,32 @@ Both are off on the CPU, where neither helps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .models import GuidanceModels
 
 log = logging.getLogger(__name__)
 
 WARMUP_CALLS = 2   # before capture: cuDNN autotuning and torch.compile happen outside the graph
+ATTENTION = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+"""Attention kernels that `NoisePredictor(attention=...)` can put first ("auto": torch's choice)."""
+
+
+def attention_kernels(name: str) -> contextlib.AbstractContextManager:
+    """A context preferring one scaled-dot-product-attention kernel, falling back to the others
+    for shapes it does not support."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    if name not in ATTENTION:
+        raise ValueError(f"attention must be auto or one of {', '.join(ATTENTION)}; got {name!r}")
+    order = [ATTENTION[name]] + [b for b in ATTENTION.values() if b is not ATTENTION[name]]
+    return sdpa_kernel(order, set_priority=True)
 
 
 def accelerate(models: GuidanceModels, channels_last: bool = False, compile: bool = False,
@@ -61,10 +77,13 @@ class NoisePredictor:
     tensor is the graph's output buffer: use it before the next call. A capture that fails
     (an op that cannot be captured) falls back to plain calls, with a warning."""
 
-    def __init__(self, models: GuidanceModels, controlnet_scale: float = 1.0, graphs: bool = True) -> None:
+    def __init__(self, models: GuidanceModels, controlnet_scale: float = 1.0, graphs: bool = True,
+                 attention: str = "auto") -> None:
         self.models = models
         self.controlnet_scale = float(controlnet_scale)
         self.graphs = graphs and models.device.type == "cuda"
+        self.attention = attention
+        attention_kernels(attention)  # a bad name fails here, not in the first step
         self._calls: dict[tuple, int] = {}
         self._captured: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], torch.Tensor]] = {}
         self._pool: Any = None
@@ -74,10 +93,11 @@ class NoisePredictor:
         if getattr(m, "channels_last", False):
             latents = latents.contiguous(memory_format=torch.channels_last)
             control = control.contiguous(memory_format=torch.channels_last)
-        down, mid = m.controlnet(latents, t, encoder_hidden_states=emb, controlnet_cond=control,
-                                 conditioning_scale=self.controlnet_scale, return_dict=False)
-        return m.unet(latents, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                      mid_block_additional_residual=mid, return_dict=False)[0]
+        with attention_kernels(self.attention):
+            down, mid = m.controlnet(latents, t, encoder_hidden_states=emb, controlnet_cond=control,
+                                     conditioning_scale=self.controlnet_scale, return_dict=False)
+            return m.unet(latents, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid, return_dict=False)[0]
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, t: torch.Tensor, emb: torch.Tensor,

@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 from ..guidance.sds import SDSConfig
+from ..guidance.speed import ATTENTION
 from .appearance import HashGridConfig
 from .cameras import CameraConfig
 from .poses import PoseConfig
@@ -36,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # settings that may change when a run is resumed (where and how it runs, not what it computes)
 RUNTIME_FIELDS = ("sd_model", "controlnet", "tiny_encoder", "allow_download", "device", "dtype", "rasterizer", "compile",
-                  "cuda_graphs", "channels_last", "workers", "checkpoint_every", "preview_every", "time_budget", "log_every", "progress_every")
+                  "cuda_graphs", "channels_last", "attention", "workers", "checkpoint_every", "preview_every", "time_budget", "log_every", "progress_every")
 
 
 @dataclasses.dataclass
@@ -87,6 +88,7 @@ class TrainConfig:
     compile: bool = False                 # torch.compile the diffusion models (minutes of compiling first)
     cuda_graphs: bool = True              # replay ControlNet + UNet as CUDA graphs (CUDA only)
     channels_last: bool = False           # channels-last SD models (CUDA; slower eager, see guidance.speed)
+    attention: str = "auto"               # attention kernel put first: auto | cudnn | flash | efficient | math
     workers: int = -1                     # processes making batches ahead; -1: half the cores on CUDA, 0 on CPU
     checkpoint_every: int = 250
     preview_every: int = 100
@@ -101,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"appearance must be colors or hashgrid; got {self.appearance!r}")
         if self.background not in ("random", "white", "black", "grey"):
             raise ValueError(f"background must be random, white, black or grey; got {self.background!r}")
+        if self.attention != "auto" and self.attention not in ATTENTION:
+            raise ValueError(f"attention must be auto or one of {', '.join(ATTENTION)}; got {self.attention!r}")
         if self.views < 1:
             raise ValueError("views must be >= 1")
         if self.resolution < 16:

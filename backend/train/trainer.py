@@ -67,10 +67,11 @@ class TrainingError(ValueError):
 
 class PhaseTimer:
     """Accumulates wall time per phase; with `sync`, waits for the GPU at each boundary so the
-    split is true (the benchmark); off, it costs nothing."""
+    split is true (the benchmark); with `annotate`, names each phase for torch.profiler; off, it
+    costs nothing."""
 
-    def __init__(self, enabled: bool = False, sync: bool = False) -> None:
-        self.enabled, self.sync = enabled, sync
+    def __init__(self, enabled: bool = False, sync: bool = False, annotate: bool = False) -> None:
+        self.enabled, self.sync, self.annotate = enabled, sync, annotate
         self.totals: dict[str, float] = {}
         self.counts: dict[str, int] = {}
 
@@ -82,8 +83,10 @@ class PhaseTimer:
         if self.sync and torch.cuda.is_available():
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        scope = torch.profiler.record_function(f"phase:{name}") if self.annotate else contextlib.nullcontext()
         try:
-            yield
+            with scope:
+                yield
         finally:
             if self.sync and torch.cuda.is_available():
                 torch.cuda.synchronize()
@@ -284,7 +287,8 @@ class Trainer:
             self.tiny_encoder = load_tiny_encoder(c.tiny_encoder, self.device, self.models.dtype, c.allow_download)
         accelerate(self.models, channels_last=c.channels_last, compile=c.compile and not self.models.compiled,
                    tiny_encoder=self.tiny_encoder if c.sds.encoder == "tiny" else None)
-        self.sds = SDSGuidance(self.models, c.prompt, c.sds, tiny_encoder=self.tiny_encoder, cuda_graphs=c.cuda_graphs)
+        self.sds = SDSGuidance(self.models, c.prompt, c.sds, tiny_encoder=self.tiny_encoder, cuda_graphs=c.cuda_graphs,
+                                attention=c.attention)
 
     # ------------------------------------------------------------------------------------------
     # one iteration
