@@ -42,6 +42,7 @@ from backend.guidance import SDSConfig, prepare_models  # noqa: E402
 from backend.guidance.configs import build_random_models, build_tiny_encoder, byte_tokenizer  # noqa: E402
 from backend.render import available_backends  # noqa: E402
 from backend.train import PhaseTimer, TrainConfig, Trainer  # noqa: E402
+from backend.train.trainer import PHASES  # noqa: E402
 
 PHASE_COLUMNS = (("batch", ("sample",)), ("render", ("render",)),
                  ("encode", ("encode",)), ("unet+cn", ("unet",)), ("backward", ("backward",)),
@@ -161,7 +162,7 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
     result = {"row": row, "phases": phases, "ms": statistics.median(samples), "compile_s": compile_s,
               "gaussians": trainer.num_gaussians, "peak_gib": peak}
     if args.profile:
-        result["profile"] = profile_steps(trainer, row, args.iters, device)
+        result["profile"] = profile_steps(trainer, row, args.iters, device, args.trace)
     trainer.close()
     del trainer, models, parts, enc
     gc.collect()
@@ -171,10 +172,26 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
     return result
 
 
-def profile_steps(trainer: Trainer, row: Row, iters: int, device: str) -> str:
-    """Where an iteration's time goes, from torch.profiler: wall time against the GPU's kernel
-    time (a GPU busy well under 100 % means the CPU, launching, is the bottleneck), per phase
-    the CPU and GPU time, and the kernels that take the most GPU time."""
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _overlap(busy: list[tuple[float, float]], a: float, b: float) -> float:
+    return sum(max(0.0, min(b, y) - max(a, x)) for x, y in busy)
+
+
+def profile_steps(trainer: Trainer, row: Row, iters: int, device: str, trace: str | None = None) -> str:
+    """Where an iteration's time goes, from torch.profiler's timeline: per phase the CPU time,
+    and on the GPU the phase's span, the kernels' busy time inside it and the idle rest (idle
+    GPU inside a span means the CPU, launching or waiting on a host sync, held the GPU up);
+    then the kernels that take the most GPU time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     timer = trainer.timer
@@ -189,19 +206,34 @@ def profile_steps(trainer: Trainer, row: Row, iters: int, device: str) -> str:
         sync(device)
         wall = (time.perf_counter() - t0) * 1000 / iters
     timer.enabled = timer.annotate = False
-    events = prof.key_averages()
-    per_iter = 1000.0 * iters  # profiler times are in microseconds
-    gpu = sum(e.self_device_time_total for e in events) / per_iter
+    if trace:
+        Path(trace).mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(Path(trace) / f"{row.id}.json.gz"))
+    events = prof.events()
+    on_gpu = [e for e in events if e.device_type == DeviceType.CUDA]
+    kernels = [e for e in on_gpu if not e.name.startswith("phase:")]
+    busy = _union([(e.time_range.start, e.time_range.end) for e in kernels])
+    busy_ms = sum(b - a for a, b in busy) / 1000 / iters
     lines = [f"profile of {row.name} {row.views} views {row.dtype} {'compiled' if row.compiled else 'eager'} "
-             f"({iters} iterations, torch.profiler): wall {wall:.1f} ms/iter, GPU work {gpu:.1f} ms/iter "
-             f"(GPU busy {100 * gpu / wall:.0f} %)",
-             f"  {'phase':<10} {'cpu ms':>8} {'gpu ms':>8}"]
-    for e in sorted((e for e in events if e.key.startswith("phase:")), key=lambda e: -e.device_time_total):
-        lines.append(f"  {e.key[6:]:<10} {e.cpu_time_total / per_iter:>8.2f} {e.device_time_total / per_iter:>8.2f}")
-    lines.append(f"  {'kernel (top 25 by GPU time)':<90} {'ms/iter':>8} {'calls':>6}")
-    kernels = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)
-    for e in kernels[:25]:
-        lines.append(f"  {e.key[:90]:<90} {e.self_device_time_total / per_iter:>8.2f} {e.count // iters:>6}")
+             f"({iters} iterations, torch.profiler, which slows the CPU side): wall {wall:.1f} ms/iter, "
+             f"GPU busy {busy_ms:.1f} ms/iter ({100 * busy_ms / wall:.0f} %)",
+             f"  {'phase':<10} {'cpu ms':>8} {'gpu span':>9} {'gpu busy':>9} {'gpu idle':>9}"]
+    names = [name for name in PHASES if any(e.name == f"phase:{name}" for e in events)]
+    for name in names:
+        cpu = sum(e.time_range.elapsed_us() for e in events
+                  if e.name == f"phase:{name}" and e.device_type == DeviceType.CPU) / 1000 / iters
+        spans = [(e.time_range.start, e.time_range.end) for e in on_gpu if e.name == f"phase:{name}"]
+        span = sum(b - a for a, b in spans) / 1000 / iters
+        inside = sum(_overlap(busy, a, b) for a, b in spans) / 1000 / iters
+        lines.append(f"  {name:<10} {cpu:>8.2f} {span:>9.2f} {inside:>9.2f} {span - inside:>9.2f}")
+    totals: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = totals.setdefault(e.name, [0.0, 0])
+        entry[0] += e.time_range.elapsed_us()
+        entry[1] += 1
+    lines.append(f"  {'kernel (top 20 by GPU time)':<90} {'ms/iter':>8} {'calls':>6}")
+    for name, (us, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:20]:
+        lines.append(f"  {name[:90]:<90} {us / 1000 / iters:>8.2f} {count // iters:>6}")
     return "\n".join(lines)
 
 
@@ -264,6 +296,7 @@ def main() -> int:
                         help="attention kernel for our rows: auto (torch's choice), cudnn, flash, efficient")
     parser.add_argument("--profile", action="store_true",
                         help="after each row, profile its iterations (GPU time per phase, top kernels)")
+    parser.add_argument("--trace", default=None, help="with --profile: write each row's timeline (Chrome trace) here")
     parser.add_argument("--only", default=None,
                         help="comma-separated row ids to run, e.g. 4-fp16,taesd-4-fp16-c,dwg-1-fp32,plain-4-fp16")
     args = parser.parse_args()

@@ -186,36 +186,63 @@ class SDSGuidance:
         return eps_u + s * (eps_c - eps_u)
 
     # ---- the loss ------------------------------------------------------------------------------
-    def __call__(self, images: torch.Tensor, control: torch.Tensor, prompts: list[tuple[str, str]],
-                 progress: float, generator: torch.Generator,
-                 timer: Callable[[str], Any] = _null_timer) -> tuple[torch.Tensor, dict[str, Any]]:
-        """images (B,3,H,W) in [0,1] (requires grad); control (B,3,H,W) skeleton images in [0,1];
-        prompts: (kind, view) per image. Returns (loss, info)."""
+    def prepare(self, control: torch.Tensor, prompts: list[tuple[str, str]], progress: float,
+                generator: torch.Generator) -> "SDSInputs":
+        """Everything of a step that does not depend on the rendered images: timesteps, noise,
+        text embeddings, control images. Queued before the render, it costs no time after it
+        (the rasterizer's host sync leaves the GPU waiting for whatever the CPU launches next)."""
         m = self.models
-        b = images.shape[0]
-        # draw t and the noise first: their host-to-device copies then wait for little GPU work
+        b = control.shape[0]
         lo, hi = self.t_range(progress)
-        scale = m.vae_scale
         size = m.image_size
-        shape = (b, int(m.unet.config.in_channels), size // scale, size // scale)
+        shape = (b, int(m.unet.config.in_channels), size // m.vae_scale, size // m.vae_scale)
         t = torch.randint(lo, hi + 1, (b,), generator=generator, device=generator.device).to(m.device)
         noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(m.device)
+        with torch.no_grad():
+            cond = torch.stack([self.embedding(k, v) for k, v in prompts])
+            ctrl = control
+            if ctrl.shape[-2:] != (size, size):
+                ctrl = F.interpolate(ctrl, size=(size, size), mode="nearest")
+            a = m.alphas_cumprod[t].view(b, 1, 1, 1)
+        return SDSInputs(t=t, noise=noise, cond=cond, control=ctrl.to(m.dtype), t_range=(lo, hi),
+                         signal=a.sqrt(), sigma=(1 - a).sqrt(), weight=self.weight(t).view(b, 1, 1, 1))
+
+    def loss(self, images: torch.Tensor, inputs: "SDSInputs",
+             timer: Callable[[str], Any] = _null_timer) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The SDS loss of rendered images (B,3,H,W) in [0,1] (requiring grad) for prepared inputs."""
+        m = self.models
+        b = images.shape[0]
         with timer("encode"):
             latents = self.encode(images)
         with timer("unet"):
-            a = m.alphas_cumprod[t].view(b, 1, 1, 1)
             with torch.no_grad():
-                noisy = (a.sqrt() * latents.detach().float() + (1 - a).sqrt() * noise).to(m.dtype)
-                cond = torch.stack([self.embedding(k, v) for k, v in prompts])
-                ctrl = control
-                if ctrl.shape[-2:] != (size, size):
-                    ctrl = F.interpolate(ctrl, size=(size, size), mode="nearest")
-                eps_hat = self.predict_noise(noisy, t, cond, ctrl.to(m.dtype))
-                grad = self.weight(t).view(b, 1, 1, 1) * (eps_hat - noise)
+                noisy = (inputs.signal * latents.detach().float() + inputs.sigma * inputs.noise).to(m.dtype)
+                eps_hat = self.predict_noise(noisy, inputs.t, inputs.cond, inputs.control)
+                grad = inputs.weight * (eps_hat - inputs.noise)
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
                 if self.config.grad_clip:
                     grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
         target = (latents.float() - grad).detach()
         loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum") / b
-        info = {"t": t, "t_range": (lo, hi), "grad": grad}
-        return loss, info
+        return loss, {"t": inputs.t, "t_range": inputs.t_range, "grad": grad}
+
+    def __call__(self, images: torch.Tensor, control: torch.Tensor, prompts: list[tuple[str, str]],
+                 progress: float, generator: torch.Generator,
+                 timer: Callable[[str], Any] = _null_timer) -> tuple[torch.Tensor, dict[str, Any]]:
+        """images (B,3,H,W) in [0,1] (requires grad); control (B,3,H,W) skeleton images in [0,1];
+        prompts: (kind, view) per image. Returns (loss, info)."""
+        return self.loss(images, self.prepare(control, prompts, progress, generator), timer)
+
+
+@dataclasses.dataclass
+class SDSInputs:
+    """A step's image-independent SDS inputs (`SDSGuidance.prepare`)."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    cond: torch.Tensor
+    control: torch.Tensor
+    t_range: tuple[int, int]
+    signal: torch.Tensor   # sqrt(alpha_bar_t), (B,1,1,1)
+    sigma: torch.Tensor    # sqrt(1 - alpha_bar_t)
+    weight: torch.Tensor   # w(t)

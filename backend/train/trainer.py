@@ -310,11 +310,17 @@ class Trainer:
         stage = self.schedule.stage_at(step)
         timer = self.timer
         self._set_lrs(step)
+        sds_step = stage != "template" and self.guidance_override is None
         with timer("sample"):
             batch = self.batches.get(step)
             views, bgs = batch.views, batch.backgrounds
             controls = batch.control_images()
             self.noise_gen.manual_seed(step_seed(c.seed, step))
+            prompts = [(v.kind, v.view) for v in views]
+            progress = self.schedule.sds_progress(step)
+            if sds_step:
+                self.ensure_guidance()
+                inputs = self.sds.prepare(controls, prompts, progress, self.noise_gen)
         with timer("render"):
             gs = pose_with_transforms(self.avatar(), batch.transforms, batch.expression, batch.rotations)
             n_free = len(self.params["free.means"])
@@ -327,17 +333,13 @@ class Trainer:
                     for m in per_view_means]
             cameras = [v.camera for v in views]
             images = rasterize_views(sets, cameras, backend=c.rasterizer, backgrounds=bgs).rgb.permute(0, 3, 1, 2)
-        if stage == "template" and self.guidance_override is None:
+        if sds_step:
+            loss, _ = self.sds.loss(images, inputs, timer)
+        elif self.guidance_override is not None:
+            loss, _ = self.guidance_override(images, controls, prompts, progress, self.noise_gen, timer)
+        else:
             with timer("unet"):
                 loss = self._template_loss(batch, images)
-        else:
-            prompts = [(v.kind, v.view) for v in views]
-            progress = self.schedule.sds_progress(step)
-            if self.guidance_override is not None:
-                loss, _ = self.guidance_override(images, controls, prompts, progress, self.noise_gen, timer)
-            else:
-                self.ensure_guidance()
-                loss, _ = self.sds(images, controls, prompts, progress, self.noise_gen, timer)
         with timer("backward"):
             loss.backward()
         with timer("optim"):
