@@ -174,3 +174,6 @@ def test_gsplat_views_match_one_call_per_view_and_keep_per_view_gradients(gsplat
     out.rgb[0].sum().backward()
     assert means[0].grad.abs().sum() > 0
     assert means[1].grad is None or not means[1].grad.any()
+    rgb_only = rasterize_views(sets, cams, backend="gsplat", backgrounds=bgs, depth=False)
+    assert torch.allclose(rgb_only.rgb, out.rgb, atol=1e-5) and torch.allclose(rgb_only.alpha, out.alpha, atol=1e-5)
+    assert not rgb_only.depth.any() and out.depth.any()

@@ -64,7 +64,8 @@ class GuidanceModels:
     dtype: torch.dtype
     device: torch.device
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
-    channels_last: bool = False       # set by speed.accelerate
+    channels_last: bool = False       # UNet + ControlNet channels-last (set by speed.accelerate)
+    vae_channels_last: bool = False   # VAE encoder channels-last (set by speed.accelerate)
     compiled: bool = False
 
     @property

@@ -157,7 +157,7 @@ class SDSGuidance:
             if getattr(enc, "channels_last", False):
                 x = x.contiguous(memory_format=torch.channels_last)
             return enc.encode(x).latents * float(enc.config.scaling_factor)
-        if m.channels_last:
+        if m.vae_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         vae = m.vae
         h = vae.encoder(x)

@@ -88,8 +88,9 @@ def _stacked(sets: Sequence[GaussianSet], name: str) -> Tensor:
 
 
 def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera],
-                           backgrounds: Tensor | None = None) -> RenderOutput:
-    """Set i through camera i, all in one gsplat call; outputs (C, H, W, k)."""
+                           backgrounds: Tensor | None = None, depth: bool = True) -> RenderOutput:
+    """Set i through camera i, all in one gsplat call; outputs (C, H, W, k) (depth zeros
+    unless `depth`)."""
     first = sets[0]
     if first.means.device.type != "cuda":
         raise RenderError(f"the gsplat backend needs CUDA tensors, got Gaussians on {first.means.device}")
@@ -114,11 +115,12 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
         near_plane=float(cam.near),
         far_plane=float(cam.far),
         eps2d=0.3,
-        render_mode="RGB+ED",
+        render_mode="RGB+ED" if depth else "RGB",
         rasterize_mode="classic",
         backgrounds=bg,
         packed=False,
     )
     colors = colors[:, 0].to(dtype)
     alpha = alphas[:, 0].to(dtype)
-    return RenderOutput(rgb=colors[..., :3], alpha=alpha, depth=colors[..., 3:4])
+    z = colors[..., 3:4] if depth else torch.zeros_like(alpha)
+    return RenderOutput(rgb=colors[..., :3], alpha=alpha, depth=z)

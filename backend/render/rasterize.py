@@ -68,11 +68,13 @@ def rasterize_views(
     *,
     backend: str = "auto",
     backgrounds: Tensor | None = None,
+    depth: bool = True,
 ) -> RenderOutput:
     """Render several views at once: Gaussian set i through camera i (the sets may share
     tensors; separate ones keep separate gradients, e.g. per-view screen-space gradients for
     densification). All cameras must have one size. Returns RGB, alpha and depth as (C, H, W, k);
-    ``backgrounds`` is (C, 3) or None (black). gsplat draws all views in one call."""
+    ``backgrounds`` is (C, 3) or None (black). gsplat draws all views in one call, without the
+    depth channel (then zeros) when ``depth`` is False, which training does not need."""
     if len(gaussians) != len(cameras) or not cameras:
         raise RenderError(f"rasterize_views needs one Gaussian set per camera; got {len(gaussians)} sets "
                           f"for {len(cameras)} cameras")
@@ -93,7 +95,7 @@ def rasterize_views(
         outs = [_empty(c, first.device, first.dtype, None if backgrounds is None else backgrounds[i])
                 for i, c in enumerate(cameras)]
     elif backend == "gsplat":
-        return gsplat_rasterizer.rasterize_gsplat_views(gaussians, cameras, backgrounds)
+        return gsplat_rasterizer.rasterize_gsplat_views(gaussians, cameras, backgrounds, depth)
     else:
         outs = [rasterize_torch(g, c, None if backgrounds is None else backgrounds[i])
                 for i, (g, c) in enumerate(zip(gaussians, cameras))]

@@ -87,7 +87,8 @@ class TrainConfig:
     rasterizer: str = "auto"
     compile: bool = False                 # torch.compile the diffusion models (minutes of compiling first)
     cuda_graphs: bool = True              # replay ControlNet + UNet as CUDA graphs (CUDA only)
-    channels_last: bool = False           # channels-last SD models (CUDA; slower eager, see guidance.speed)
+    channels_last: bool = False           # all SD models channels-last (CUDA; slower eager; compile puts
+                                          # UNet + ControlNet channels-last anyway, see guidance.speed)
     attention: str = "auto"               # attention kernel put first: auto | cudnn | flash | efficient | math
     workers: int = -1                     # processes making batches ahead; -1: half the cores on CUDA, 0 on CPU
     checkpoint_every: int = 250

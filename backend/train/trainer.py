@@ -332,7 +332,8 @@ class Trainer:
             sets = [GaussianSet(means=m, quats=gs.quats, scales=gs.scales, opacities=gs.opacities, colors=gs.colors)
                     for m in per_view_means]
             cameras = [v.camera for v in views]
-            images = rasterize_views(sets, cameras, backend=c.rasterizer, backgrounds=bgs).rgb.permute(0, 3, 1, 2)
+            images = rasterize_views(sets, cameras, backend=c.rasterizer, backgrounds=bgs,
+                                     depth=False).rgb.permute(0, 3, 1, 2)
         if sds_step:
             loss, _ = self.sds.loss(images, inputs, timer)
         elif self.guidance_override is not None:
