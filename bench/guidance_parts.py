@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.guidance import prepare_models  # noqa: E402
 from backend.guidance.configs import build_random_models, build_tiny_encoder  # noqa: E402
-from backend.guidance.speed import NoisePredictor  # noqa: E402
+from backend.guidance.speed import NoisePredictor, attention_kernels  # noqa: E402
 
 VIEWS = 4
 
@@ -68,6 +68,7 @@ def main() -> int:
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)  # as guidance.speed.accelerate sets it
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     dev = torch.device("cuda")
     parts = dict(build_random_models("sd15", seed=0, device="cpu"), tokenizer=None)
@@ -121,6 +122,9 @@ def main() -> int:
                 add("ControlNet+UNet, batch 8", label(layout, "CUDA graph" if graphs else "eager", attention),
                     lambda: pred(lat, t, emb, ctrl), unet_flops)
         add("VAE encoder fwd+bwd, 4", f"{layout}, eager", encoder_step(m.vae.encoder, layout != "NCHW"), vae_flops)
+        with attention_kernels("math"):
+            add("VAE encoder fwd+bwd, 4", f"{layout}, eager, math attn", encoder_step(m.vae.encoder, layout != "NCHW"),
+                vae_flops)
         tae = copy.deepcopy(taesd)
         if layout != "NCHW":
             tae.encoder.to(memory_format=torch.channels_last)

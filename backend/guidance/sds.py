@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import GuidanceModels
-from .speed import NoisePredictor
+from .speed import VAE_ATTENTION, NoisePredictor, attention_kernels
 
 VIEWS = ("front", "side", "back", "overhead")
 KINDS = ("body", "face", "hands")
@@ -160,7 +160,8 @@ class SDSGuidance:
         if m.vae_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         vae = m.vae
-        h = vae.encoder(x)
+        with attention_kernels(VAE_ATTENTION):
+            h = vae.encoder(x)
         if getattr(vae, "quant_conv", None) is not None:
             h = vae.quant_conv(h)
         mean = h[:, : h.shape[1] // 2]  # the posterior's mean (log-variance discarded)

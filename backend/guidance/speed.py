@@ -28,6 +28,13 @@ ATTENTION = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTE
 """Attention kernels that `NoisePredictor(attention=...)` can put first ("auto": torch's choice)."""
 
 
+VAE_ATTENTION = "math"
+"""The attention kernel for the SD VAE encoder. Its one attention layer has a single 512-wide
+head, which flash and cuDNN attention do not take; torch then picks the memory-efficient
+kernel, whose backward alone took 15 ms of a 4-view iteration on an H200 (bench/results/
+train_gpu_h200.txt, the profile), against a few for plain matmuls and a softmax."""
+
+
 def attention_kernels(name: str) -> contextlib.AbstractContextManager:
     """A context preferring one scaled-dot-product-attention kernel, falling back to the others
     for shapes it does not support."""
@@ -55,6 +62,9 @@ def accelerate(models: GuidanceModels, channels_last: bool = False, compile: boo
         # static shapes for a whole run: cuDNN times its convolution algorithms once (as
         # bench/train.py measured it)
         torch.backends.cudnn.benchmark = True
+        # the VAE's math attention (VAE_ATTENTION) on tensor cores, in half precision like the
+        # fused kernels, rather than upcast to fp32
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
     if (channels_last or compile) and cuda and not models.compiled:
         for module in (models.unet, models.controlnet):
             module.to(memory_format=torch.channels_last)
