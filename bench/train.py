@@ -3,6 +3,7 @@
     python bench/train.py --out bench/results/train_<card>.txt            # full table (GPU)
     python bench/train.py --quick --out bench/results/train_<card>_quick.txt
     python bench/train.py --smoke --out /tmp/train_smoke.txt               # tiny models, CPU check
+    python bench/train.py --only taesd-4-fp16-c --profile [--trace DIR]     # where the time goes
 
 The diffusion models are Stable Diffusion 1.5's UNet, VAE and CLIP text encoder and the
 OpenPose ControlNet v1.1 built from their configs with random weights: the same shapes and
@@ -113,6 +114,18 @@ def tiny_encoder(device: str, dtype: torch.dtype, smoke: bool):
     return enc.requires_grad_(False).to(device=device, dtype=dtype)
 
 
+def run_steps(trainer: Trainer, n: int, device: str) -> float:
+    """Milliseconds per iteration of `n` iterations run back to back, as a training run runs them
+    (the CPU queues one iteration's launches while the GPU still works on the last one)."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        trainer.train_step()
+        trainer.step_index += 1
+    sync(device)
+    return (time.perf_counter() - t0) * 1000 / max(n, 1)
+
+
 def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> dict:
     dtype = DTYPES[row.dtype]
     parts = {k: (copy.deepcopy(v) if k in ("unet", "vae", "text_encoder", "controlnet") else v)
@@ -132,34 +145,15 @@ def measure(row: Row, master: dict, args: argparse.Namespace, device: str) -> di
     compile_s = 0.0
     if row.compiled:
         torch._dynamo.reset()
-        t0 = time.perf_counter()
-        for _ in range(2):
-            trainer.train_step()
-            trainer.step_index += 1
-        sync(device)
-        compile_s = time.perf_counter() - t0
-    for _ in range(args.warmup):
-        trainer.train_step()
-        trainer.step_index += 1
-    sync(device)
+        compile_s = run_steps(trainer, 2, device) * 2 / 1000
+    run_steps(trainer, args.warmup, device)
     # phases, with syncs
     timer.enabled = True
     timer.reset()
-    for _ in range(args.iters):
-        trainer.train_step()
-        trainer.step_index += 1
+    run_steps(trainer, args.iters, device)
     phases = {col: sum(timer.totals.get(k, 0.0) for k in keys) / args.iters * 1000 for col, keys in PHASE_COLUMNS}
-    # throughput: iterations back to back as a training run does them, so that the CPU queues one
-    # iteration's launches while the GPU still works on the last one
     timer.enabled = False
-    runs = 2 * args.iters
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        trainer.train_step()
-        trainer.step_index += 1
-    sync(device)
-    ms = (time.perf_counter() - t0) * 1000 / runs
+    ms = run_steps(trainer, 2 * args.iters, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     result = {"row": row, "phases": phases, "ms": ms, "compile_s": compile_s,
               "gaussians": trainer.num_gaussians, "peak_gib": peak}
@@ -199,14 +193,8 @@ def profile_steps(trainer: Trainer, row: Row, iters: int, device: str, trace: st
     timer = trainer.timer
     timer.enabled, timer.sync, timer.annotate = True, False, True
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    sync(device)
     with profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            trainer.train_step()
-            trainer.step_index += 1
-        sync(device)
-        wall = (time.perf_counter() - t0) * 1000 / iters
+        wall = run_steps(trainer, iters, device)
     timer.enabled = timer.annotate = False
     if trace:
         Path(trace).mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ class DreamWaltzCreateSettings(bpy.types.PropertyGroup):
     preset: EnumProperty(  # type: ignore[valid-type]
         name="Quality", default="default",
         items=[("draft", "Draft", "1200 iterations, 60k Gaussians (about 3 min on one H100-class GPU)"),
-               ("default", "Default", "3000 iterations, 100k Gaussians (about 7 min on one H100-class GPU)"),
-               ("high", "High", "6000 iterations, 150k Gaussians (about 14 min on one H100-class GPU)")])
+               ("default", "Default", "3000 iterations, 100k Gaussians (about 6 min on one H100-class GPU)"),
+               ("high", "High", "6000 iterations, 150k Gaussians (about 12 min on one H100-class GPU)")])
     steps: IntProperty(name="Iterations", default=0, min=0,  # type: ignore[valid-type]
                        description="Override the preset's iteration count (0: the preset's)")
     seed: IntProperty(name="Seed", default=0, min=0)  # type: ignore[valid-type]
