@@ -1,7 +1,7 @@
 """Runs one test script inside real Blender (the bpy module) with the add-on enabled.
 
 Usage: python tests/blender_entry.py SCRIPT RESULT_JSON. The script gets `result` (a dict it
-fills; written as JSON at the end) and `ROOT` in its globals. Kept out of the pytest process so
+fills; written as JSON at the end), `ROOT` and `scene_camera` in its globals. Kept out of the pytest process so
 that Blender and torch never share a process, as in real use.
 """
 
@@ -17,6 +17,23 @@ sys.path.insert(0, str(ROOT))
 import bpy  # noqa: E402  (bpy first: it puts Blender's own modules such as addon_utils on the path)
 import addon_utils  # noqa: E402
 
+
+
+def scene_camera(location, rotation, size=None, lens=None):
+    """A new camera, made the scene's, at `location` with Euler `rotation`; optionally the
+    render size (width, height) and the focal length in mm."""
+    scene = bpy.context.scene
+    cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    cam.location, cam.rotation_euler = location, rotation
+    if size is not None:
+        scene.render.resolution_x, scene.render.resolution_y = size
+    if lens is not None:
+        cam.data.lens = lens
+    return cam
+
+
 script, out = sys.argv[1], sys.argv[2]
 result: dict = {}
 try:
@@ -26,7 +43,8 @@ try:
         if mod is None:
             raise RuntimeError("the add-on did not enable")
     code = compile(Path(script).read_text(), script, "exec")
-    exec(code, {"result": result, "ROOT": ROOT, "bpy": bpy, "__name__": "__blender_test__"})
+    exec(code, {"result": result, "ROOT": ROOT, "bpy": bpy, "scene_camera": scene_camera,
+                "__name__": "__blender_test__"})
     result.setdefault("ok", True)
 except BaseException:
     result["ok"] = False

@@ -148,11 +148,7 @@ def test_render_composites_the_avatar_over_the_plate(avatar_dir, tmp_path):
         from dreamwaltz_blender.camera import camera_to_opencv
         from dreamwaltz_blender.rig import skinning_transforms
         scene = bpy.context.scene
-        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
-        scene.collection.objects.link(cam)
-        scene.camera = cam
-        cam.location = (0.3, -4.2, 0.1)
-        cam.rotation_euler = (1.5708, 0.0, 0.05)
+        cam = scene_camera((0.3, -4.2, 0.1), (1.5708, 0.0, 0.05))
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         assert bpy.ops.dreamwaltz.setup_plate(filepath={str(plate)!r}) == {{"FINISHED"}}
         bpy.ops.dreamwaltz.use_engine()
@@ -274,13 +270,7 @@ def test_height_slider_reshapes_the_rig_and_the_render_and_reset_restores_it(ava
         import numpy as np
         from dreamwaltz_blender.rig import JOINTS_KEY
         scene = bpy.context.scene
-        scene.render.resolution_x, scene.render.resolution_y = 120, 160
-        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
-        scene.collection.objects.link(cam)
-        scene.camera = cam
-        cam.location = (0.0, -9.0, -0.05)
-        cam.rotation_euler = (1.5708, 0.0, 0.0)
-        cam.data.lens = 85
+        scene_camera((0.0, -9.0, -0.05), (1.5708, 0.0, 0.0), size=(120, 160), lens=85)
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         bpy.ops.dreamwaltz.use_engine()
         scene.render.film_transparent = True
@@ -373,11 +363,7 @@ def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_pat
     shots = {name: tmp_path / f"{name}.png" for name in ("both", "constrained")}
     result = run_blender(f"""
         scene = bpy.context.scene
-        scene.render.resolution_x, scene.render.resolution_y = 200, 100
-        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
-        scene.collection.objects.link(cam)
-        scene.camera = cam
-        cam.location, cam.rotation_euler = (0.6, -7.0, 0.0), (1.5708, 0.0, 0.0)
+        scene_camera((0.6, -7.0, 0.0), (1.5708, 0.0, 0.0), size=(200, 100))
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         arm = bpy.context.active_object
         assert bpy.ops.dreamwaltz.import_ply(filepath={str(ply)!r}) == {{"FINISHED"}}
@@ -416,11 +402,7 @@ def test_a_saved_blend_file_renders_again_after_reopening(avatar_dir, tmp_path):
     result = run_blender(f"""
         from dreamwaltz_blender import session
         scene = bpy.context.scene
-        scene.render.resolution_x, scene.render.resolution_y = 80, 120
-        cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
-        scene.collection.objects.link(cam)
-        scene.camera = cam
-        cam.location, cam.rotation_euler = (0.0, -6.0, 0.0), (1.5708, 0.0, 0.0)
+        scene_camera((0.0, -6.0, 0.0), (1.5708, 0.0, 0.0), size=(80, 120))
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         bpy.ops.dreamwaltz.apply_shape(height=1.85)
         bpy.ops.dreamwaltz.use_engine()
