@@ -17,7 +17,7 @@ from backend.train.cameras import CameraConfig, CameraSampler, front_camera
 from backend.train.hashgrid import HashGridEncoding, _level_layout, tcnn_available
 from backend.train.nerf import NeRFCacheError, NeRFConfig, NeRFStage
 from backend.train.nerf.mesh import nearest_triangles, voxelize
-from backend.train.nerf.pretrain import cache_path, psnr
+from backend.train.nerf.pretrain import BodyTargets, cache_path, psnr, silhouette
 from backend.train.nerf.stage import step_generator
 from backend.train.poses import PoseConfig, PoseSampler
 
@@ -25,17 +25,30 @@ TINY = dict(levels=6, log2_table=12, grid_size=32, max_steps=160, pretrain_steps
             pretrain_resolution=24, pretrain_points=2048, pretrain_gaussians=5000, pretrain_voxels=64,
             pretrain_views=1, convert_resolution=64, skin_smooth_iters=20, bound_gaussians=600, prior_points=400,
             prior_pool=2)
-PRETRAIN_PSNR = 20.0
-"""The pretrained field against the template avatar's renders (held-out full-body views, grey
-background): at these sizes (6 grid levels, a 32^3 occupancy grid, 150 steps, 2 cm ray steps)
-the silhouette fits to about a pixel and the mannequin's shading is smoothed, which measured
-24-25 dB; 20 dB (RMS error 0.1) still fails a field that has not found the body: the grey
-background alone scores about 12 dB, a foggy field 10-15 dB."""
-CONVERSION_PSNR = 22.0
-"""The avatar made from the field against the field, same views: the Gaussians sit on a 40-point
-grid (4.5 cm apart here), so edges blur by about a spacing; measured 27-30 dB. 22 dB fails a
-conversion that loses parts, misplaces points (a wrong skinning inversion) or gets opacity or
-colour wrong."""
+PRETRAIN_GAIN_DB = 1.5
+PRETRAIN_IOU = 0.3
+"""The pretrained field against the template avatar's renders, held-out full-body views over
+black, on the body's pixels (either silhouette): its PSNR must beat that of an empty render by
+1.5 dB and its silhouette (alpha > 0.5) overlap the template's by IoU 0.3. At these tiny sizes
+(6 grid levels, a 32^3 occupancy grid, 150 steps, 2.4 cm ray steps, 48 px) the field is thin
+and partly transparent at the limbs: measured +2.5 dB, IoU 0.39. An empty or foggy field, or
+one in the wrong place, scores 0 dB and an IoU near 0. Full-size pretraining (1500 steps, 16
+levels) is what `bench/nerf.py` reports on the GPU."""
+CONVERSION_GAIN_DB = 0.5
+CONVERSION_IOU = 0.35
+"""The avatar made from the field against the field, same measure: the Gaussians sit on a
+64-point grid (3 cm apart) and are sub-pixel at 48 px, so a thin, half-transparent field
+converts to a blurred one: measured +1.0 dB over an empty render and IoU 0.50. A conversion
+that loses the body, misplaces it (a wrong skinning inversion) or gets opacity badly wrong
+scores below."""
+
+
+def _against(render, target):
+    """(PSNR gain over an empty render on the body's pixels, silhouette IoU) of RenderOutputs."""
+    sil = silhouette(render.alpha, target.alpha)
+    gain = psnr(render.rgb, target.rgb, sil) - psnr(torch.zeros_like(target.rgb), target.rgb, sil)
+    a, b = render.alpha > 0.5, target.alpha > 0.5
+    return gain, float((a & b).sum() / (a | b).sum().clamp_min(1))
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +73,19 @@ def _views(stage, count, size, seed):
 
 def test_stage_one_fits_the_template_body(stage, body):
     """Pretrained on the body alone, the field renders the template avatar's shape and colours."""
-    assert stage.report["psnr"] >= PRETRAIN_PSNR, stage.report
+    targets = BodyTargets(stage.config, body, stage.betas, stage.canonical, stage.field)
+    cams = _views(stage, 3, 48, seed=33)
+    black = torch.zeros(3, 3)
+    with torch.no_grad():
+        field = stage.render(cams, backgrounds=black)
+        template = rasterize_views([targets.gaussians] * 3, cams, backgrounds=black)
+    gain, iou = _against(field, template)
+    assert gain >= PRETRAIN_GAIN_DB and iou >= PRETRAIN_IOU, (gain, iou, stage.report)
     cam = front_camera(stage.canonical.vertices, 32, 32)
     out = stage.render([cam])
     assert out.rgb.shape == (1, 32, 32, 3) and out.alpha.shape == (1, 32, 32, 1)
     alpha = out.alpha[0, :, :, 0]
+    alpha = alpha.detach()
     assert float(alpha[16, 16]) > 0.9          # the belly
     assert float(alpha[2, 2]) < 0.05 and float(alpha[30, 29]) < 0.05   # beside the head, between the feet
     bg = out.rgb[0, 2, 2]
@@ -178,12 +199,13 @@ def test_conversion_renders_close_to_the_field(stage):
     assert len(avatar.free) > 1000 and len(avatar.bound) > 0
     assert torch.allclose(avatar.free.skin_weights.sum(1), torch.ones(len(avatar.free)), atol=1e-5)
     cams = _views(stage, 3, 48, seed=21)
-    grey = torch.full((3, 3), 0.5)
+    black = torch.zeros(3, 3)
     with torch.no_grad():
-        field = stage.render(cams, backgrounds=grey).rgb
+        field = stage.render(cams, backgrounds=black)
         gs = pose_with_transforms(avatar, stage.canonical.transforms, None, stage.canonical.rotations)
-        gauss = rasterize_views([gs] * 3, cams, backgrounds=grey).rgb
-    assert psnr(gauss, field) >= CONVERSION_PSNR
+        gauss = rasterize_views([gs] * 3, cams, backgrounds=black)
+    gain, iou = _against(gauss, field)
+    assert gain >= CONVERSION_GAIN_DB and iou >= CONVERSION_IOU, (gain, iou)
 
 
 def test_voxelize_counts_windings_of_overlapping_closed_surfaces():
