@@ -15,6 +15,7 @@ from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 from . import session
 from .client import BackendError
 from .rig import AVATAR_KEY, OBJECT_KEY, build_rig, is_avatar_rig
+from .rollback import Change
 
 USER_ERRORS = (BackendError, ValueError, OSError, RuntimeError)
 
@@ -29,19 +30,26 @@ def active_rig(context: Any) -> Any:
 
 
 class Reporting:
-    """Run `apply` and turn user errors into one report instead of a traceback."""
+    """Run `apply` inside a `rollback.Change` (`self.change`): a failure puts the scene back
+    as it was, and a user error becomes one report instead of a traceback."""
 
     report: Any  # bpy.types.Operator.report, from the operator class this is mixed into
+    change: Change
 
     def apply(self, context: Any) -> set[str]:
         raise NotImplementedError
 
     def execute(self, context: Any) -> set[str]:
+        self.change = Change(context)
         try:
             return self.apply(context)
         except USER_ERRORS as exc:
+            self.change.undo()
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        except BaseException:
+            self.change.undo()
+            raise
 
 
 class _FromFile(Reporting):
@@ -140,6 +148,8 @@ class DREAMWALTZ_OT_import_motion(_FromFile, bpy.types.Operator):
         from .motion_import import import_motion
 
         arm = require_rig(context)
+        self.change.keep_scene(context.scene)
+        self.change.keep_rig(arm)
         start = None if self.frame_start < 0 else self.frame_start
         motion = import_motion(context, arm, bpy.path.abspath(self.filepath), self.target_fps,
                                self.use_source_fps, start)
@@ -159,6 +169,7 @@ class DREAMWALTZ_OT_setup_plate(_FromFile, bpy.types.Operator):
     def apply(self, context: Any) -> set[str]:
         from .compositing import setup_plate
 
+        self.change.keep_scene(context.scene)
         clip = setup_plate(context.scene, bpy.path.abspath(self.filepath))
         self.report({"INFO"}, f"plate {clip.name}: {clip.size[0]}x{clip.size[1]}, {clip.frame_duration} frames")
         return {"FINISHED"}
@@ -177,6 +188,8 @@ class DREAMWALTZ_OT_import_reenactment(_FromFile, bpy.types.Operator):
         from .motion_import import import_reenactment
 
         arm = require_rig(context)
+        self.change.keep_scene(context.scene)
+        self.change.keep_rig(arm)
         plate = bpy.path.abspath(self.plate) if self.plate else None
         motion = import_reenactment(context, arm, bpy.path.abspath(self.filepath), plate)
         self.report({"INFO"}, f"reenactment shot: {motion['num_frames']} frames with a keyed camera")
