@@ -81,6 +81,7 @@ setup() {
     "$dir/bin/python" -c "import bpy; print('  ready:', bpy.app.version_string)" 2>/dev/null
     echo "bpy==$v $pins $py" >"$dir/.ready"
     INSTALL_S[$v]=$(( $(date +%s) - start ))
+    echo "  made $dir in ${INSTALL_S[$v]} s"
   done
 }
 
