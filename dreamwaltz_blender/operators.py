@@ -221,7 +221,7 @@ class DREAMWALTZ_OT_restart_backend(bpy.types.Operator):
 
 
 class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
-    """Create a Python environment for the backend and install its pinned packages (downloads several GB)"""
+    """Create a Python environment for the backend and install its pinned packages (asks first: it downloads up to a few GB)"""
 
     bl_idname = "dreamwaltz.setup_backend"
     bl_label = "Set Up Backend"
@@ -229,8 +229,25 @@ class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
     _runner: Any = None
     _timer: Any = None
 
+    @staticmethod
+    def _offline_message() -> str | None:
+        if bpy.app.online_access:
+            return None
+        return ("Blender is set to work offline: allow online access in Preferences > System > Network to download "
+                "the backend's packages, or set 'Backend Python' to an interpreter that has torch")
+
     def invoke(self, context: Any, event: Any) -> set[str]:
-        return self.execute(context)
+        from pathlib import Path
+
+        from .setup_env import confirmation, this_machine
+
+        message = self._offline_message()
+        if message:
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        text = confirmation(this_machine(), Path(session.backend_env_dir()))
+        return context.window_manager.invoke_confirm(self, event, title="Set Up Backend", message=text,
+                                                     confirm_text="Download and Install", icon="IMPORT")
 
     def execute(self, context: Any) -> set[str]:
         from pathlib import Path
@@ -238,15 +255,14 @@ class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
         from .client import backend_root
         from .setup_env import SetupRunner, plan
 
-        if not bpy.app.online_access:
-            self.report({"ERROR"}, "Blender is set to work offline: allow online access in Preferences > System > "
-                                   "Network to download the backend's packages, or set 'Backend Python' to an "
-                                   "interpreter that has torch")
+        message = self._offline_message()
+        if message:
+            self.report({"ERROR"}, message)
             return {"CANCELLED"}
         venv = Path(session.backend_env_dir(create=True))
         requirements = backend_root() / "backend" / "requirements.txt"
         log = venv.parent / "setup.log"
-        self._runner = SetupRunner(plan(venv, requirements), log).start()
+        self._runner = SetupRunner(plan(venv, requirements), log, cwd=venv.parent).start()
         wm = context.window_manager
         if bpy.app.background:
             self._runner.wait()
