@@ -14,7 +14,7 @@ from backend.avatar import pose_with_transforms
 from backend.body import BodyModel
 from backend.render import rasterize_views
 from backend.train.cameras import CameraConfig, CameraSampler, front_camera
-from backend.train.hashgrid import HashGridEncoding, _level_layout, tcnn_available
+from backend.fields.hashgrid import HashGridEncoding, _level_layout, tcnn_available
 from backend.train.nerf import NeRFCacheError, NeRFConfig, NeRFStage
 from backend.train.nerf.mesh import nearest_triangles, voxelize
 from backend.train.nerf.pretrain import BodyTargets, cache_path, psnr, silhouette

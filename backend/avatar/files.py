@@ -2,6 +2,9 @@
 
 A folder is written whole or not at all: it is built beside the target and renamed into place.
 It never embeds the body model; it names it, and loading needs that model.
+
+Format 1 holds the Gaussians; format 2 adds a hybrid avatar's networks (network_files.py). An
+avatar without networks is still written as format 1, which every version reads.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import torch
 
 from .. import __version__
 from .gaussians import Avatar, AvatarMeta, BoundGaussians, FreeGaussians
+from .network_files import NetworkFileError, for_saving, load_networks, networks_meta, networks_tensors
 
 FORMAT = "dreamwaltz-avatar"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+NETWORKS_VERSION = 2
 META_FILE, TENSOR_FILE, PREVIEW_FILE = "avatar.json", "gaussians.safetensors", "preview.png"
 
 
@@ -35,14 +40,17 @@ def _tensors(avatar: Avatar) -> dict[str, torch.Tensor]:
     for prefix, group in (("free", avatar.free), ("bound", avatar.bound)):
         for f in dataclasses.fields(group):
             out[f"{prefix}.{f.name}"] = getattr(group, f.name)
-    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+    out = {k: v.detach().cpu().contiguous() for k, v in out.items()}
+    if avatar.networks is not None:
+        out.update(networks_tensors(avatar.networks))
+    return out
 
 
 def _meta_json(avatar: Avatar) -> dict[str, Any]:
     body = avatar.body
-    return {
+    meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if avatar.networks is None else NETWORKS_VERSION,
         "name": avatar.meta.name,
         "prompt": avatar.meta.prompt,
         "seed": avatar.meta.seed,
@@ -54,6 +62,9 @@ def _meta_json(avatar: Avatar) -> dict[str, Any]:
         "provenance": dict(avatar.meta.provenance, backend_version=__version__,
                            saved=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
     }
+    if avatar.networks is not None:
+        meta["networks"] = networks_meta(avatar.networks)
+    return meta
 
 
 def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray | None = None) -> Path:
@@ -63,6 +74,7 @@ def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray |
     folder = Path(folder)
     if avatar.num_gaussians == 0:
         raise AvatarFileError(f"refusing to save {folder}: the avatar has no Gaussians")
+    avatar = for_saving(avatar)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -177,4 +189,9 @@ def load_avatar(folder: str | os.PathLike, body: Any = None, device: str | torch
                              seed=int(meta.get("seed", 0)), settings=meta.get("settings", {}),
                              provenance=meta.get("provenance", {}))
     betas = tensors.get("betas", torch.zeros(body.num_betas))
-    return Avatar(body=body, betas=betas, free=free, bound=bound, meta=avatar_meta).to(device)
+    try:
+        networks = load_networks(meta.get("networks") if meta["format_version"] >= NETWORKS_VERSION else None,
+                                 tensors, path, folder / META_FILE)
+    except NetworkFileError as exc:
+        raise AvatarFileError(str(exc)) from None
+    return Avatar(body=body, betas=betas, free=free, bound=bound, meta=avatar_meta, networks=networks).to(device)

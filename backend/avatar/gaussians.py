@@ -9,9 +9,12 @@ the surface itself, move them too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .hybrid import HybridNetworks
 
 SKIN_INFLUENCES = 4
 
@@ -57,13 +60,16 @@ class AvatarMeta:
 
 @dataclasses.dataclass
 class Avatar:
-    """An avatar: its body model, the shape it was made with, and its Gaussians."""
+    """An avatar: its body model, the shape it was made with, its Gaussians and, for a hybrid
+    avatar, the networks that give the free Gaussians colour, opacity and pose-dependent
+    deformation (hybrid.py)."""
 
     body: Any                     # backend.body.BodyModel
     betas: torch.Tensor           # (num_betas,)
     free: FreeGaussians
     bound: BoundGaussians
     meta: AvatarMeta = dataclasses.field(default_factory=AvatarMeta)
+    networks: "HybridNetworks | None" = None
     cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -78,4 +84,5 @@ class Avatar:
         move = lambda obj: type(obj)(**{f.name: getattr(obj, f.name).to(device)  # noqa: E731
                                         for f in dataclasses.fields(obj)})
         self.body.to(device)
-        return Avatar(self.body, self.betas.to(device), move(self.free), move(self.bound), self.meta)
+        networks = None if self.networks is None else self.networks.to(device)
+        return Avatar(self.body, self.betas.to(device), move(self.free), move(self.bound), self.meta, networks)

@@ -1,11 +1,18 @@
 """Posing an avatar: skinning transforms in, world-space Gaussians out.
 
-One path serves everything: Blender sends per-joint skinning transforms G_j (DESIGN.md §3), and
-SMPL-X pose parameters are first turned into the same transforms by forward kinematics.
+One function serves every renderer (the CLI, the server behind Blender's F12 and viewport, the
+demo, export): `pose_with_transforms`. Blender sends per-joint skinning transforms G_j
+(DESIGN.md §3); SMPL-X pose parameters are first turned into the same transforms by forward
+kinematics (`pose_with_params`). Everything per joint (rotations, quaternions, scales, the body
+pose the deformation network reads) is derived from the transforms once per frame, on the host
+when they come from the host; everything per Gaussian runs on the avatar's device, replayed as
+one CUDA graph there. A hybrid avatar's free Gaussians take colour and opacity from its field
+and move with its deformation network before skinning (hybrid.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -13,64 +20,92 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..body.joints import PARENTS
 from ..body.kinematics import rodrigues, skinning_transforms
 from ..render import GaussianSet
 from .gaussians import Avatar
+from .hybrid import MIN_SCALE, FreeNetworkState, free_network_state
+from .quaternions import (apply_multiplier, matrix_to_quaternion, quaternion_multiply, quaternion_to_axis_angle,
+                          right_multiplier)
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PoseError", "pose_with_transforms", "pose_with_params", "joint_frame", "matrix_to_quaternion",
+           "quaternion_multiply", "triangle_frames"]
+
+# columns of the per-joint table `joint_frame` makes
+T_ROWS, T_FULL, QUAT, SCALE, LOCAL_AA, JOINT_COLUMNS = slice(0, 12), slice(0, 16), slice(16, 20), 20, slice(21, 24), 24
+
+
+HALF = torch.float16
+FP32_ENV = "DREAMWALTZ_FP32_DEFORMATION"
+"""On CUDA the deformation network runs in half precision when posing for display (its offsets
+are centimetres: the rounding is far below a pixel; tests/test_hybrid.py bounds it); this
+environment variable keeps it in float32."""
 
 
 class PoseError(ValueError):
     """Pose input that cannot be used (wrong shape, NaN or infinite values)."""
 
 
-def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 4) wxyz quaternions (branch-free, stable)."""
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    candidates = torch.stack([
-        torch.stack([1 + m00 + m11 + m22, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22], -1),
-    ], dim=-2)
-    best = torch.stack([m00 + m11 + m22, m00, m11, m22], -1).argmax(-1)
-    q = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4))[..., 0, :]
-    return q / torch.linalg.norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], -1)
-
-
-def _checked(value: Any, shape: tuple[int, ...] | None, name: str, device: torch.device) -> torch.Tensor:
-    """As a float32 tensor on `device`. Values from the host (numpy, CPU tensors: what users
-    and Blender send) are checked for shape and NaN/inf; CUDA tensors come from our own code
-    and are not checked, which would cost a GPU sync per frame."""
-    if torch.is_tensor(value) and value.is_cuda:
-        t = value.to(device=device, dtype=torch.float32)
-        if shape is not None and tuple(t.shape) != shape:
-            raise PoseError(f"{name} must have shape {shape}; got {tuple(t.shape)}")
-        return t
-    host = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float32)
+def _host(value: Any, shape: tuple[int, ...] | None, name: str) -> np.ndarray:
+    """A host float64 array, checked for shape and NaN/inf (what users and Blender send)."""
+    host = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float64)
     if shape is not None and host.shape != shape:
         raise PoseError(f"{name} must have shape {shape}; got {host.shape}")
     if not np.isfinite(host).all():
         raise PoseError(f"{name} contain NaN or infinite values" if name.endswith("s") else
                         f"{name} contains NaN or infinite values")
-    return torch.from_numpy(host).to(device, non_blocking=True)
+    return host
 
 
-def _split_scale(rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uniform scale (an armature object may be scaled) and the pure rotation."""
-    scale = torch.linalg.det(rot).abs().clamp_min(1e-12) ** (1.0 / 3.0)
-    return scale, rot / scale[..., None, None]
+def _checked(value: Any, shape: tuple[int, ...] | None, name: str, device: torch.device) -> torch.Tensor:
+    """As a float32 tensor on `device`. Host values are checked (`_host`); CUDA tensors come
+    from our own code and are not, which would cost a GPU sync per frame."""
+    if torch.is_tensor(value) and value.is_cuda:
+        t = value.to(device=device, dtype=torch.float32)
+        if shape is not None and tuple(t.shape) != shape:
+            raise PoseError(f"{name} must have shape {shape}; got {tuple(t.shape)}")
+        return t
+    return torch.from_numpy(_host(value, shape, name).astype(np.float32)).to(device, non_blocking=True)
+
+
+_PARENT_INDEX = torch.tensor(PARENTS[1:], dtype=torch.long)
+
+
+def _det3(m: torch.Tensor) -> torch.Tensor:
+    return (m[..., 0, :] * torch.linalg.cross(m[..., 1, :], m[..., 2, :])).sum(-1)
+
+
+def joint_frame(transforms: torch.Tensor) -> torch.Tensor:
+    """(55, 24) per-joint table of skinning transforms (55, 4, 4): the transform (16 values, row
+    major), its rotation as a unit quaternion (4), its uniform scale (1; an armature object may be
+    scaled) and the joint's rotation relative to its parent as an axis-angle (3; the root's:
+    relative to the world). Rows 1-21 of the last three columns are the body pose."""
+    rot = transforms[:, :3, :3]
+    scale = _det3(rot).abs().clamp_min(1e-12) ** (1.0 / 3.0)
+    pure = rot / scale[:, None, None]
+    parents = _PARENT_INDEX.to(transforms.device)
+    local = torch.cat([pure[:1], pure[parents].transpose(-1, -2) @ pure[1:]])
+    axis_angle = quaternion_to_axis_angle(matrix_to_quaternion(local))
+    return torch.cat([transforms.reshape(-1, 16), matrix_to_quaternion(pure), scale[:, None], axis_angle], 1)
+
+
+def body_pose(joints: torch.Tensor) -> torch.Tensor:
+    """(63,) axis-angles of the 21 body joints from a `joint_frame` table."""
+    return joints[1:22, LOCAL_AA].reshape(63)
+
+
+def _joint_input(transforms: Any, device: torch.device) -> torch.Tensor:
+    """The `joint_frame` table on `device`: made on the host in float64 from host input."""
+    if torch.is_tensor(transforms) and transforms.is_cuda:
+        t = _checked(transforms, (55, 4, 4), "skinning transforms", device)
+        return joint_frame(t)
+    host = torch.from_numpy(_host(transforms, (55, 4, 4), "skinning transforms"))
+    table = joint_frame(host).float()
+    if device.type == "cuda":
+        return table.pin_memory().to(device, non_blocking=True)
+    return table.to(device)
 
 
 def triangle_frames(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,29 +120,78 @@ def triangle_frames(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.
     return tri, torch.stack([e, b, n], dim=-1)
 
 
-def pose_free(avatar: Avatar, transforms: torch.Tensor, rest_means: torch.Tensor | None = None) -> GaussianSet:
-    """Linear blend skinning of the free Gaussians (`rest_means`: their rest positions for
-    another body shape; default: the shape they were made on)."""
+@dataclasses.dataclass
+class FreeConstants:
+    """What posing needs of the free Gaussians that does not change with the pose."""
+
+    scales: torch.Tensor        # (N, 3) linear
+    opacities: torch.Tensor     # (N,)
+    colors: torch.Tensor        # (N, 3)
+    multiplier: torch.Tensor    # (N, 4, 4) right_multiplier of the rest rotations
+    net: FreeNetworkState | None
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _free_constants(avatar: Avatar, inference: bool) -> FreeConstants:
+    free, networks = avatar.free, avatar.networks
+    net = None
+    colors, opacities = free.colors.clamp(0, 1), torch.sigmoid(free.opacity_logits)
+    if networks is not None and networks.field is not None:
+        dtype = HALF if inference and avatar.device.type == "cuda" and not os.environ.get(FP32_ENV) else None
+        net = free_network_state(networks, free.means, free.skin_joints, free.skin_weights, dtype)
+        colors, opacities = net.colors, net.opacities
+    return FreeConstants(torch.exp(free.log_scales), opacities, colors, right_multiplier(free.quats), net)
+
+
+def _free_tensors(avatar: Avatar) -> list[torch.Tensor]:
     free = avatar.free
-    scale, rot = _split_scale(transforms[:, :3, :3])
-    joint_quats = matrix_to_quaternion(rot)
-    w = free.skin_weights
-    idx = free.skin_joints
-    blended = torch.einsum("nk,nkrc->nrc", w, transforms[idx])
+    tensors = [free.means, free.quats, free.log_scales, free.opacity_logits, free.colors]
+    if avatar.networks is not None:
+        tensors += [p for m in avatar.networks.modules() for p in m.parameters()]
+    return tensors
+
+
+def free_constants(avatar: Avatar) -> FreeConstants:
+    """The free Gaussians' pose-independent values: computed afresh where autograd needs them
+    (training), else kept in `avatar.cache` until a tensor they come from changes."""
+    tensors = _free_tensors(avatar)
+    if _needs_grad(*tensors):
+        return _free_constants(avatar, inference=False)
+    key = tuple((id(t), t._version) for t in tensors) + \
+        (() if avatar.networks is None else avatar.networks.version())
+    cached = avatar.cache.get("free_constants")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, _free_constants(avatar, inference=True))
+        avatar.cache["free_constants"] = cached
+    return cached[1]
+
+
+def pose_free(avatar: Avatar, joints: torch.Tensor, rest_means: torch.Tensor | None = None) -> GaussianSet:
+    """Linear blend skinning of the free Gaussians, after the deformation network where the
+    avatar has one. `joints`: a `joint_frame` table; `rest_means`: rest positions for another
+    body shape (default: the shape they were made on)."""
+    free = avatar.free
+    c = free_constants(avatar)
     rest = free.means if rest_means is None else rest_means
-    means = (blended[:, :3, :3] @ rest[:, :, None])[..., 0] + blended[:, :3, 3]
-    q = joint_quats[idx]
-    sign = torch.where((q * q[:, :1]).sum(-1, keepdim=True) < 0, -1.0, 1.0)
-    q = (w[..., None] * sign * q).sum(1)
-    q = q / torch.linalg.norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
-    s = (w * scale[idx]).sum(1, keepdim=True)
-    return GaussianSet(
-        means=means,
-        quats=quaternion_multiply(q, free.quats),
-        scales=torch.exp(free.log_scales) * s,
-        opacities=torch.sigmoid(free.opacity_logits),
-        colors=free.colors.clamp(0, 1),
-    )
+    scales = c.scales
+    if c.net is not None and c.net.projected is not None:
+        offsets, residuals = avatar.networks.deformation.deform(c.net.projected, c.net.canonical_raw, body_pose(joints))
+        rest = rest + offsets
+        scales = (scales + residuals).clamp_min(MIN_SCALE)
+    idx, w = free.skin_joints, free.skin_weights
+    blended = (w[..., None] * joints[:, T_ROWS][idx]).sum(1).reshape(-1, 3, 4)
+    means = (blended[:, :, :3] * rest[:, None, :]).sum(-1) + blended[:, :, 3]
+    q = joints[:, QUAT][idx]
+    signed = torch.where((q * q[:, :1]).sum(-1) < 0, -w, w)
+    blend_q = (signed[..., None] * q).sum(1)
+    blend_q = blend_q / torch.linalg.vector_norm(blend_q, dim=-1, keepdim=True).clamp_min(1e-12)
+    s = (w * joints[:, SCALE][idx]).sum(1, keepdim=True)
+    return GaussianSet(means=means, quats=apply_multiplier(c.multiplier, blend_q), scales=scales * s,
+                       opacities=c.opacities, colors=c.colors)
 
 
 def _areas(tri: torch.Tensor) -> torch.Tensor:
@@ -198,33 +282,65 @@ def shape_state(avatar: Avatar, betas: Any = None) -> dict:
     return shapes[key]
 
 
+@dataclasses.dataclass
+class BoundConstants:
+    """What posing needs of the mesh-bound Gaussians that does not change with the pose."""
+
+    scales: torch.Tensor        # (M, 3) linear, at the rest triangle's size
+    opacities: torch.Tensor     # (M,)
+    colors: torch.Tensor        # (M, 3)
+    multiplier: torch.Tensor    # (M, 4, 4) right_multiplier of the rotations in the triangle frames
+
+
+def bound_constants(avatar: Avatar) -> BoundConstants:
+    """Like `free_constants`, for the mesh-bound Gaussians."""
+    b = avatar.bound
+    tensors = [b.quats, b.log_scales, b.opacity_logits, b.colors]
+
+    def make() -> BoundConstants:
+        return BoundConstants(torch.exp(b.log_scales), torch.sigmoid(b.opacity_logits), b.colors.clamp(0, 1),
+                              right_multiplier(b.quats))
+
+    if _needs_grad(*tensors):
+        return make()
+    key = tuple((id(t), t._version) for t in tensors)
+    cached = avatar.cache.get("bound_constants")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, make())
+        avatar.cache["bound_constants"] = cached
+    return cached[1]
+
+
 def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
     """Gaussians on posed triangles; offsets and sizes grow with the triangle (scaled rigs, stretch)."""
     bound = avatar.bound
     rest = rest_state(avatar)
+    c = bound_constants(avatar)
     tri, frames = triangle_frames(vertices, rest["faces"])
     k = (_areas(tri) / rest["areas"].clamp_min(1e-12)).sqrt()[:, None]
     anchor = (bound.barycentric[:, :, None] * tri).sum(1)
-    means = anchor + k * (frames @ bound.offsets[:, :, None])[..., 0]
-    return GaussianSet(
-        means=means,
-        quats=quaternion_multiply(matrix_to_quaternion(frames), bound.quats),
-        scales=torch.exp(bound.log_scales) * k,
-        opacities=torch.sigmoid(bound.opacity_logits),
-        colors=bound.colors.clamp(0, 1),
-    )
+    means = anchor + k * (frames * bound.offsets[:, None, :]).sum(-1)
+    return GaussianSet(means=means, quats=apply_multiplier(c.multiplier, matrix_to_quaternion(frames)),
+                       scales=c.scales * k, opacities=c.opacities, colors=c.colors)
 
 
-def _pose_device(avatar: Avatar, t: torch.Tensor, expression: torch.Tensor | None,
+def _pose_device(avatar: Avatar, joints: torch.Tensor, expression: torch.Tensor | None,
                  rots: torch.Tensor | None, state: dict) -> GaussianSet:
-    """Posing proper: device tensors in, Gaussians out, no host synchronisation."""
+    """Posing proper: device tensors in (a `joint_frame` table), Gaussians out, no host
+    synchronisation."""
     parts = []
     if len(avatar.free):
-        parts.append(pose_free(avatar, t, state.get("free_means")))
+        parts.append(pose_free(avatar, joints, state.get("free_means")))
     if len(avatar.bound):
-        verts = avatar.body.pose_vertices(t[None], None, expression, rots, shaped=state["vertices"])[0]
+        t = joints[:, T_FULL].reshape(1, -1, 4, 4)
+        verts = avatar.body.pose_vertices(t, None, expression, rots, shaped=state["vertices"])[0]
         parts.append(pose_bound(avatar, verts))
     return GaussianSet.concat(parts)
+
+
+PER_FRAME = ("means", "quats", "scales")
+"""What a pose changes; opacity and colour are the same every frame."""
 
 
 class PoseGraph:
@@ -232,31 +348,35 @@ class PoseGraph:
 
     Posing is a hundred small kernels; launched one by one from Python they cost several
     milliseconds, replayed as one graph a fraction of that. Used for inference on CUDA only
-    (no autograd); the result is copied out, so it stays valid after the next frame."""
+    (no autograd). Positions, rotations and scales are copied out, so they stay valid after the
+    next frame; opacities and colours are the graph's own (every replay writes the same values)."""
 
-    def __init__(self, avatar: Avatar, state: dict, t: torch.Tensor, expression: torch.Tensor | None,
+    def __init__(self, avatar: Avatar, state: dict, joints: torch.Tensor, expression: torch.Tensor | None,
                  rots: torch.Tensor | None) -> None:
         self.state = state
-        self.inputs = (t.clone(), None if expression is None else expression.clone(),
+        self.inputs = (joints.clone(), None if expression is None else expression.clone(),
                        None if rots is None else rots.clone())
-        side = torch.cuda.Stream(device=t.device)
-        side.wait_stream(torch.cuda.current_stream(t.device))
+        device = joints.device
+        free_constants(avatar), bound_constants(avatar)  # made outside the capture, kept in the cache
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
                 _pose_device(avatar, *self.inputs, state)
-        torch.cuda.current_stream(t.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         # thread-local: other threads of the process (a training run's batch receiver pinning
         # memory, the server's jobs) may call CUDA meanwhile without invalidating the capture
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = _pose_device(avatar, *self.inputs, state)
 
-    def __call__(self, t: torch.Tensor, expression: torch.Tensor | None, rots: torch.Tensor | None) -> GaussianSet:
-        for static, value in zip(self.inputs, (t, expression, rots)):
+    def __call__(self, joints: torch.Tensor, expression: torch.Tensor | None, rots: torch.Tensor | None) -> GaussianSet:
+        for static, value in zip(self.inputs, (joints, expression, rots)):
             if static is not None:
                 static.copy_(value)
         self.graph.replay()
-        return GaussianSet(**{name: value.clone() for name, value in self.output._tensors().items()})
+        return GaussianSet(**{name: value.clone() if name in PER_FRAME else value
+                              for name, value in self.output._tensors().items()})
 
 
 def _graphable(avatar: Avatar) -> bool:
@@ -269,9 +389,13 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
                          local_rotations: Any = None, betas: Any = None) -> GaussianSet:
     """World-space Gaussians for skinning transforms G_j (55, 4, 4); expression values, the
     joints' local rotations (55, 3, 3, for pose correctives) and a body shape other than the
-    trained one (`betas`; the transforms must then come from that shape's skeleton) are optional."""
+    trained one (`betas`; the transforms must then come from that shape's skeleton) are optional.
+
+    The one posing function: every renderer and exporter goes through it (DESIGN.md §3). The
+    deformation network's body pose is read from the transforms themselves (each joint's
+    rotation relative to its parent), so whatever moves the bones drives it."""
     device = avatar.device
-    t = _checked(transforms, (55, 4, 4), "skinning transforms", device)
+    joints = _joint_input(transforms, device)
     state = shape_state(avatar, betas)
     rots = None if local_rotations is None or not len(avatar.bound) else \
         _checked(local_rotations, (55, 3, 3), "local rotations", device)[None]
@@ -280,20 +404,20 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
     else:
         expression = None
     if not _graphable(avatar):
-        return _pose_device(avatar, t, expression, rots, state)
+        return _pose_device(avatar, joints, expression, rots, state)
     key = ("graph", id(state), None if expression is None else tuple(expression.shape), rots is None)
     graphs = avatar.cache.setdefault("graphs", {})
     if key not in graphs or graphs[key].state is not state:
         if len(graphs) > 8:
             graphs.clear()
         try:
-            graphs[key] = PoseGraph(avatar, state, t, expression, rots)
+            graphs[key] = PoseGraph(avatar, state, joints, expression, rots)
         except Exception as exc:  # noqa: BLE001 - an uncapturable op or driver: posing works without graphs
             torch.cuda.synchronize(device)
             log.warning("CUDA graph capture of the posing failed (%s); posing without graphs", exc)
             avatar.cache["no_graphs"] = True
-            return _pose_device(avatar, t, expression, rots, state)
-    return graphs[key](t, expression, rots)
+            return _pose_device(avatar, joints, expression, rots, state)
+    return graphs[key](joints, expression, rots)
 
 
 POSE_PARTS = (("global_orient", 1), ("body_pose", 21), ("jaw_pose", 1), ("leye_pose", 1),

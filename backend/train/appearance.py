@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .hashgrid import HashGridEncoding, per_level_scale, tcnn_available, tcnn_encoding_config
+from ..fields.hashgrid import HashGridEncoding, per_level_scale, tcnn_available, tcnn_encoding_config
 
 __all__ = ["ColorField", "HashGridConfig", "HashGridEncoding", "tcnn_available"]
 

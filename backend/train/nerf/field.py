@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hashgrid import HashGridEncoding, tcnn_available, tcnn_encoding_config
+from ...fields.hashgrid import HashGridEncoding, tcnn_available, tcnn_encoding_config
 from .config import NeRFConfig
 
 

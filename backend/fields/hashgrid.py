@@ -8,8 +8,8 @@ weights). The indexing, the per-level table sizes and the flat parameter order a
 tiny-cuda-nn's `HashGrid` (scale = 2^(l log2 b) base - 1, resolution = ceil(scale) + 1,
 position = x scale + 0.5, tables of min(2^T, resolution^3 rounded up to 8) entries), so the
 same parameters give the same features with either implementation (tested on CUDA where
-tiny-cuda-nn is installed). Used by the colour field (`appearance.py`) and the NeRF
-(`nerf/field.py`).
+tiny-cuda-nn is installed). Used by the colour field (`train/appearance.py`), the NeRF
+(`train/nerf/field.py`) and the hybrid avatar's field (`avatar/hybrid.py`).
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ def _level_layout(shape: GridShape) -> tuple[list[float], list[int], list[int]]:
         res.append(r)
         sizes.append(min(table, -(-(r ** 3) // 8) * 8))
     return scales, res, sizes
+
+
+def table_entries(shape: GridShape) -> int:
+    """Rows of the flat table of all levels (what `HashGridEncoding.embeddings` holds)."""
+    return sum(_level_layout(shape)[2])
 
 
 class HashGridEncoding(nn.Module):

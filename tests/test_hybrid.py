@@ -1,0 +1,318 @@
+"""The hybrid avatar (DreamWaltz-G): implicit colour and opacity, the pose-dependent deformation
+network, and avatar format 2 that stores them."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.avatar import AvatarFileError, load_avatar, pose_with_params, pose_with_transforms, save_avatar
+from backend.avatar.hybrid import (DeformationNetwork, DeformSpec, FieldSpec, HybridNetworks, ImplicitField,
+                                   canonical_positions)
+from backend.body.kinematics import rodrigues, skinning_transforms
+
+SMALL_FIELD = FieldSpec(levels=8, features=4, log2_table=12, base_resolution=8, finest_resolution=128)
+APOSE = np.zeros((21, 3))
+APOSE[15, 2], APOSE[16, 2] = -0.85, 0.85          # shoulders lowered: a canonical pose that is not the rest pose
+
+
+def canonical_transforms(avatar, body_pose: np.ndarray) -> torch.Tensor:
+    full = np.zeros((55, 3))
+    full[1:22] = body_pose.reshape(21, 3)
+    _, t = skinning_transforms(rodrigues(full), avatar.body.rest_joints(avatar.betas).double().numpy())
+    return torch.as_tensor(t, dtype=torch.float32)
+
+
+def hybrid(avatar, spec: FieldSpec = SMALL_FIELD, canonical: np.ndarray = APOSE, seed: int = 0):
+    """`avatar` with a fresh field around its body and a fresh deformation network."""
+    centre = avatar.free.means.mean(0)
+    field = ImplicitField(spec, centre, 1.2, seed=seed)
+    deformation = DeformationNetwork(DeformSpec(features=spec.out_dim), canonical.reshape(-1), seed=seed)
+    networks = HybridNetworks(canonical_transforms(avatar, canonical), field, deformation)
+    return dataclasses.replace(avatar, networks=networks, cache={})
+
+
+def random_pose(rng: np.random.Generator, sigma: float = 0.4) -> dict:
+    return {"global_orient": rng.normal(0, 0.3, 3), "body_pose": rng.normal(0, sigma, 63),
+            "transl": rng.normal(0, 0.2, 3)}
+
+
+def perturb(module: torch.nn.Module, seed: int = 1, sigma: float = 0.5) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * sigma)
+
+
+def test_deformation_is_exactly_the_identity_at_initialisation(small_avatar):
+    av = hybrid(small_avatar)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for _ in range(3):
+            pose = random_pose(rng)
+            plain, deformed = pose_with_params(small_avatar, **pose), pose_with_params(av, **pose)
+            for name in ("means", "quats", "scales"):
+                assert torch.equal(getattr(plain, name), getattr(deformed, name)), name
+
+
+def test_deformation_is_exactly_the_identity_at_the_canonical_pose(small_avatar, body):
+    av = hybrid(small_avatar)
+    perturb(av.networks.deformation)
+    canonical = {"body_pose": APOSE.reshape(-1)}
+    with torch.no_grad():
+        other = pose_with_params(av, body_pose=APOSE.reshape(-1) + 0.05)
+        assert (other.means - pose_with_params(small_avatar, body_pose=APOSE.reshape(-1) + 0.05).means).abs().max() > 1e-4, \
+            "the perturbed network deforms other poses"
+        for turn in (0.0, 1.0):   # the canonical pose seen from anywhere: the body pose is relative to the parents
+            pose = dict(canonical, global_orient=np.array([0.0, turn, 0.0]), transl=np.array([0.3, 0.0, -1.0]))
+            plain, deformed = pose_with_params(small_avatar, **pose), pose_with_params(av, **pose)
+            assert torch.equal(plain.means, deformed.means) and torch.equal(plain.scales, deformed.scales)
+        # the same pose as float32 transforms from torch's forward kinematics (as a GPU batch would be)
+        full = body.full_pose(1, body_pose=torch.as_tensor(APOSE.reshape(1, -1), dtype=torch.float32))
+        _, t = body.forward_kinematics(body.local_rotations(full), body.rest_joints(small_avatar.betas))
+        a, b = pose_with_transforms(small_avatar, t[0]), pose_with_transforms(av, t[0])
+        assert torch.equal(a.means, b.means) and torch.equal(a.scales, b.scales)
+
+
+def test_free_gaussians_take_colour_and_opacity_from_the_field(small_avatar):
+    av = hybrid(small_avatar)
+    perturb(av.networks.field.mlp, sigma=1.0)
+    n = len(small_avatar.free)
+    with torch.no_grad():
+        g = pose_with_params(av, **random_pose(np.random.default_rng(2)))
+        net = av.networks
+        canon = canonical_positions(av.free.means, av.free.skin_joints, av.free.skin_weights, net.canonical_transforms)
+        colors, opacities = net.field.appearance(net.field.encode(canon))
+    torch.testing.assert_close(g.colors[:n], colors)
+    torch.testing.assert_close(g.opacities[:n], opacities)
+    assert (g.colors[:n] - small_avatar.free.colors).abs().max() > 0.05, "not the per-Gaussian colours"
+    torch.testing.assert_close(g.colors[n:], small_avatar.bound.colors), "mesh-bound Gaussians keep theirs"
+
+
+# ---- a skirt that swings with the hips ----------------------------------------------------------
+
+HIP_X = (0, 3)   # body_pose values: left hip, right hip, about x (flexion)
+
+
+def skirt_avatar(body, count: int = 300):
+    """Free Gaussians in a skirt around the hips, rigidly skinned to the pelvis."""
+    from backend.avatar import Avatar, BoundGaussians, FreeGaussians
+
+    joints = body.rest_joints()
+    pelvis, left, right = joints[0], joints[1], joints[2]
+    radius = float((left - right).norm()) * 0.5 + 0.08
+    g = torch.Generator().manual_seed(0)
+    angle = torch.rand(count, generator=g) * 2 * math.pi
+    drop = 0.02 + torch.rand(count, generator=g) * 0.28
+    flare = radius + 0.25 * drop
+    means = pelvis + torch.stack([flare * torch.sin(angle), -drop, flare * torch.cos(angle)], 1)
+    free = FreeGaussians(means=means, quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(count, 1),
+                         log_scales=torch.full((count, 3), math.log(0.01)), opacity_logits=torch.full((count,), 3.0),
+                         colors=torch.full((count, 3), 0.5), skin_joints=torch.zeros(count, 4, dtype=torch.long),
+                         skin_weights=torch.tensor([[1.0, 0, 0, 0]]).repeat(count, 1))
+    empty = BoundGaussians(torch.zeros(0, dtype=torch.long), *(torch.zeros(0, k) for k in (3, 3, 4, 3)),
+                           torch.zeros(0), torch.zeros(0, 3))
+    return Avatar(body=body, betas=torch.zeros(body.num_betas), free=free, bound=empty)
+
+
+@functools.lru_cache(maxsize=4)
+def _pelvis(body) -> torch.Tensor:
+    return body.rest_joints()[0].detach()
+
+
+def skirt_target(avatar, hips: torch.Tensor) -> torch.Tensor:
+    """Where the skirt hangs for hip flexions (..., 2) (left, right): each side swings about the
+    pelvis by half its hip's angle, blended smoothly across the middle: a motion no fixed
+    skinning follows."""
+    pelvis = _pelvis(avatar.body)
+    p = avatar.free.means.detach() - pelvis
+    side = torch.sigmoid(p[:, 0] / 0.04)                    # +x: the left leg
+    beta = 0.5 * (side * hips[..., :1] + (1 - side) * hips[..., 1:])
+    c, s = torch.cos(beta), torch.sin(beta)
+    y, z = p[:, 1], p[:, 2]
+    return pelvis + torch.stack([p[:, 0].expand_as(beta), c * y - s * z, s * y + c * z], -1)
+
+
+def hip_poses(hips: torch.Tensor) -> torch.Tensor:
+    """(B, 63) body poses with hip flexions (B, 2) and every other joint at rest."""
+    pose = torch.zeros(len(hips), 63)
+    pose[:, HIP_X[0]], pose[:, HIP_X[1]] = hips[:, 0], hips[:, 1]
+    return pose
+
+
+EVAL_HIPS = torch.as_tensor(np.random.default_rng(123).uniform(-0.7, 0.7, (12, 2)), dtype=torch.float32)
+
+
+def posed_error(avatar) -> float:
+    """RMS distance (m) to the target over the evaluation poses, posed the way every renderer poses."""
+    with torch.no_grad():
+        errs = [((pose_with_params(avatar, body_pose=p.numpy()).means - skirt_target(avatar, h)) ** 2).sum(1).mean()
+                for p, h in zip(hip_poses(EVAL_HIPS), EVAL_HIPS)]
+    return float(torch.stack(errs).mean().sqrt())
+
+
+@pytest.fixture(scope="module")
+def trained_skirt(body):
+    """The skirt avatar with its field and deformation network fitted to the swing, and the error
+    of the best pure skinning can do: the skirt's points are skinned to the pelvis, which the hips
+    do not move, so whatever their rest positions they stay put, and the best is the mean target."""
+    torch.manual_seed(0)
+    base = skirt_avatar(body)
+    av = hybrid(base, canonical=np.zeros((21, 3)))
+    net = av.networks
+    opt = torch.optim.Adam([{"params": [net.field.encoding.embeddings], "lr": 1e-2},
+                            {"params": list(net.deformation.parameters()), "lr": 3e-3}])
+    gen = torch.Generator().manual_seed(1)
+    canon = canonical_positions(av.free.means, av.free.skin_joints, av.free.skin_weights, net.canonical_transforms)
+    for _ in range(200):
+        hips = torch.rand(16, 2, generator=gen) * 1.4 - 0.7
+        offsets, _ = net.deformation.deform(*net.deformation.prepare(net.field.encode(canon)), hip_poses(hips))
+        loss = ((av.free.means + offsets - skirt_target(av, hips)) ** 2).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    targets = skirt_target(base, EVAL_HIPS)
+    best_rigid = float(((targets - targets.mean(0)) ** 2).sum(-1).mean().sqrt())
+    return {"hybrid": av, "static_rms": posed_error(base), "rigid_rms": best_rigid, "hybrid_rms": posed_error(av)}
+
+
+def test_deformation_learns_a_skirt_swing_that_skinning_cannot(trained_skirt):
+    static, rigid, hybrid_rms = trained_skirt["static_rms"], trained_skirt["rigid_rms"], trained_skirt["hybrid_rms"]
+    assert static > 0.02, f"the swing moves the skirt by centimetres ({static:.4f} m RMS)"
+    assert rigid > 0.015, f"skinning cannot follow it, whatever the rest positions ({rigid:.4f} m RMS at best)"
+    assert hybrid_rms < 0.25 * rigid, f"the deformation network does ({hybrid_rms:.4f} m RMS vs {rigid:.4f})"
+    with torch.no_grad():   # and the canonical (rest) pose is still exactly where skinning puts it
+        av = trained_skirt["hybrid"]
+        rest = pose_with_params(av)
+        assert torch.equal(rest.means, av.free.means)
+
+
+def test_half_precision_deformation_stays_within_a_percent(trained_skirt):
+    av = trained_skirt["hybrid"]
+    net = av.networks
+    with torch.no_grad():
+        canon = canonical_positions(av.free.means, av.free.skin_joints, av.free.skin_weights, net.canonical_transforms)
+        features = net.field.encode(canon)
+        pose = hip_poses(torch.tensor([[0.6, -0.5]]))[0]
+        full = net.deformation.deform(*net.deformation.prepare(features), pose)
+        half = net.deformation.deform(*net.deformation.prepare(features, torch.float16), pose)
+    largest = float(full[0].abs().max())
+    assert largest > 0.02
+    assert float((full[0] - half[0]).abs().max()) < min(0.01 * largest, 5e-4)   # metres
+    assert float((full[1] - half[1]).abs().max()) < 1e-5
+
+
+# ---- avatar format 2 --------------------------------------------------------------------------------
+
+def test_hybrid_avatar_round_trip(trained_skirt, small_avatar, tmp_path):
+    av = trained_skirt["hybrid"]
+    folder = save_avatar(av, tmp_path / "skirt")
+    meta = json.loads((folder / "avatar.json").read_text())
+    assert meta["format_version"] == 2
+    assert meta["networks"]["field"] == SMALL_FIELD.to_dict()
+    assert meta["networks"]["deformation"] == DeformSpec(features=32).to_dict()
+    loaded = load_avatar(folder)
+    pose = {"body_pose": hip_poses(torch.tensor([[0.5, -0.3]]))[0].numpy()}
+    with torch.no_grad():
+        a, b = pose_with_params(av, **pose), pose_with_params(loaded, **pose)
+    torch.testing.assert_close(b.means, a.means, atol=2e-5, rtol=0)   # the grid is stored in half precision
+    torch.testing.assert_close(b.colors, a.colors, atol=2e-3, rtol=0)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folder / "gaussians.safetensors"))
+    assert stored["networks.field.encoding.embeddings"].dtype == torch.float16
+    # the baked per-Gaussian values are what the stored field gives, for readers that cannot run it
+    torch.testing.assert_close(loaded.free.colors, b.colors, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.sigmoid(loaded.free.opacity_logits), b.opacities, atol=1e-5, rtol=0)
+    plain = save_avatar(small_avatar, tmp_path / "plain")   # no networks: format 1, as before
+    assert json.loads((plain / "avatar.json").read_text())["format_version"] == 1
+    assert load_avatar(plain).networks is None
+
+
+def test_v1_avatars_load_unchanged(avatar_dir, small_avatar):
+    meta = json.loads((avatar_dir / "avatar.json").read_text())
+    assert meta["format_version"] == 1 and "networks" not in meta
+    loaded = load_avatar(avatar_dir)
+    assert loaded.networks is None
+    rng = np.random.default_rng(5)
+    with torch.no_grad():
+        pose = random_pose(rng)
+        a, b = pose_with_params(small_avatar, **pose), pose_with_params(loaded, **pose)
+    for name in ("means", "quats", "scales", "opacities", "colors"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def _rewrite(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "gaussians.safetensors"
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path))
+
+
+@pytest.fixture(scope="module")
+def hybrid_dir(trained_skirt, tmp_path_factory) -> Path:
+    return save_avatar(trained_skirt["hybrid"], tmp_path_factory.mktemp("hybrid") / "skirt")
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / folder.name))
+
+
+def test_bad_network_files_are_refused_naming_the_file(hybrid_dir, tmp_path):
+    def layer_of_another_shape(t):
+        t["networks.deformation.layers.1.weight"] = torch.zeros(64, 63)
+
+    def nan_weights(t):
+        t["networks.field.mlp.0.weight"][0, 0] = float("nan")
+
+    def missing(t):
+        del t["networks.deformation.head.bias"]
+
+    def stray(t):
+        t["networks.deformation.extra"] = torch.zeros(3)
+
+    cases = [(layer_of_another_shape, r"networks\.deformation\.layers\.1\.weight has shape \(64, 63\).*\(64, 64\)"),
+             (nan_weights, r"networks\.field\.mlp\.0\.weight contains NaN"),
+             (missing, r"missing the tensor networks\.deformation\.head\.bias"),
+             (stray, r"networks\.deformation\.extra")]
+    for i, (edit, message) in enumerate(cases):
+        folder = _copy(hybrid_dir, tmp_path / str(i))
+        _rewrite(folder, edit)
+        with pytest.raises(AvatarFileError, match=message) as err:
+            load_avatar(folder)
+        assert str(folder / "gaussians.safetensors") in str(err.value)
+    # a declared shape that does not make a network, and a format from the future
+    for i, (edit, message) in enumerate([
+            (lambda m: m["networks"]["deformation"].update(width=-3), r"networks\.deformation\.width"),
+            (lambda m: m["networks"].update(field=None), "needs the field"),
+            (lambda m: m.update(format_version=3), "avatar format 3, newer")]):
+        folder = _copy(hybrid_dir, tmp_path / f"meta{i}")
+        meta = json.loads((folder / "avatar.json").read_text())
+        edit(meta)
+        (folder / "avatar.json").write_text(json.dumps(meta))
+        with pytest.raises(AvatarFileError, match=message) as err:
+            load_avatar(folder)
+        assert str(folder) in str(err.value)
+
+
+def test_a_100k_hybrid_avatar_stays_under_50_megabytes(body, tmp_path):
+    """The paper-sized field (16 levels x 2 features, 2^19 entries, up to 2048 per axis) and
+    100,000 Gaussians."""
+    from backend.avatar import init_template_avatar
+
+    av = hybrid(init_template_avatar(body, 100_000, seed=0), spec=FieldSpec())
+    folder = save_avatar(av, tmp_path / "big", preview=np.zeros((8, 8, 3), np.uint8))
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size < 50e6, f"{size / 1e6:.1f} MB"
+    assert size > 25e6, "the field is in the file"
