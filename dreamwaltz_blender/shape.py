@@ -15,7 +15,7 @@ import numpy as np
 from bpy.props import FloatProperty, FloatVectorProperty, PointerProperty
 
 from . import session
-from .operators import Reporting, require_rig
+from .operators import NeedsRig, Reporting, require_rig
 from .rig import AVATAR_KEY, ordered_pose_bones
 
 TRAINED_KEY = "dreamwaltz_trained_betas"
@@ -134,18 +134,18 @@ class DreamWaltzShape(bpy.types.PropertyGroup):
         name="Height", unit="LENGTH", min=0.5, max=2.6, update=_on_height,
         description="Standing height; sets the betas that reach it and keep the weight")
     weight: FloatProperty(  # type: ignore[valid-type]
-        name="Weight (kg)", min=10.0, max=300.0, update=_on_weight,
+        name="Weight", unit="MASS", min=10.0, max=300.0, update=_on_weight,
         description="Body mass from volume at 985 kg/m³; sets the betas that reach it and keep the height")
 
 
-class DREAMWALTZ_OT_apply_shape(Reporting, bpy.types.Operator):
+class DREAMWALTZ_OT_apply_shape(NeedsRig, Reporting, bpy.types.Operator):
     """Rebuild the active avatar's rig for its shape sliders (bones' rest positions, proxy mesh)"""
 
     bl_idname = "dreamwaltz.apply_shape"
     bl_label = "Apply Shape"
     bl_options = {"REGISTER", "UNDO"}
     height: FloatProperty(name="Height", default=0.0, unit="LENGTH")  # type: ignore[valid-type]
-    weight: FloatProperty(name="Weight (kg)", default=0.0)  # type: ignore[valid-type]
+    weight: FloatProperty(name="Weight", default=0.0, unit="MASS")  # type: ignore[valid-type]
 
     def apply(self, context: Any) -> set[str]:
         arm = require_rig(context)
@@ -154,7 +154,7 @@ class DREAMWALTZ_OT_apply_shape(Reporting, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_reset_shape(Reporting, bpy.types.Operator):
+class DREAMWALTZ_OT_reset_shape(NeedsRig, Reporting, bpy.types.Operator):
     """Return the active avatar to the body shape it was trained with"""
 
     bl_idname = "dreamwaltz.reset_shape"

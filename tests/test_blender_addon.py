@@ -322,12 +322,21 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
     run = tmp_path / "run"
     result = run_blender(f"""
         import os
+        from dreamwaltz_blender import create
+        seen = []
+        real_handle = create.handle_event
+        def spy(progress, event):
+            real_handle(progress, event)
+            seen.append([event.get("event"), progress.state, progress.stage, create.is_active(progress),
+                         create.status_text(progress)])
+        create.handle_event = spy
         prefs = bpy.context.preferences.addons["dreamwaltz_blender"].preferences
         prefs.sd_model = {str(models / "stable-diffusion")!r}
         prefs.controlnet = {str(models / "controlnet")!r}
         s = bpy.context.scene.dreamwaltz_create
         s.prompt, s.preset, s.steps, s.run_folder = "a chef dressed in white", "draft", 4, {str(run)!r}
         assert bpy.ops.dreamwaltz.create_avatar() == {{"FINISHED"}}
+        result["seen"] = seen[:]
         p = bpy.context.window_manager.dreamwaltz_progress
         result.update(state=p.state, step=p.step, total=p.total, avatar=p.avatar,
                       preview="DreamWaltz Preview" in bpy.data.images)
@@ -341,6 +350,15 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
         s.steps, s.run_folder = 2, {str(tmp_path / "fast")!r}
         assert bpy.ops.dreamwaltz.create_avatar() == {{"FINISHED"}}
         result["fast_state"] = p.state
+        # a model that is not there: the whole (several-line) error is kept, reported and shown
+        prefs.sd_model = {str(tmp_path / "no-such-model")!r}
+        s.run_folder = {str(tmp_path / "bad")!r}
+        try:
+            bpy.ops.dreamwaltz.create_avatar()
+        except RuntimeError as exc:
+            result["report"] = str(exc)
+        result.update(failed_state=p.state, message=p.message, lines=create.error_lines(p.message, 60),
+                      details=bpy.ops.dreamwaltz.create_error.poll())
     """, tmp_path)
     assert result["fast_state"] == "done"
     assert json.loads((tmp_path / "fast" / "config.json").read_text())["sds"]["encoder"] == "tiny"
@@ -351,6 +369,17 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
     assert meta["prompt"] == "a chef dressed in white" and meta["provenance"]["iterations"] == 4
     assert result["preview"] and result["rig"].endswith("_rig")
     assert result["resumed_state"] == "done"
+    seen = result["seen"]
+    first_step = next(i for i, e in enumerate(seen) if e[0] == "job_progress" and e[2] != "loading models")
+    loading = [e for e in seen[:first_step] if e[2] == "loading models"]
+    assert loading and loading[0][3] and loading[0][4] == "Loading models", "loading shows, with Cancel"
+    assert [e for e in seen[:first_step] if e[1] == "started"] and all(e[3] for e in seen[:first_step])
+    assert result["failed_state"] == "failed" and result["details"]
+    assert "no-such-model" in result["message"] and "\n" in result["message"]
+    assert result["message"].splitlines()[-1] in result["report"], "the report holds the whole error"
+    squeeze = lambda text: "".join(text.split())  # noqa: E731
+    assert squeeze("".join(result["lines"])) == squeeze(result["message"]), "the details popup shows all of it"
+    assert max(len(line) for line in result["lines"]) <= 60
 
 
 def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_path):
