@@ -154,6 +154,15 @@ class DREAMWALTZ_OT_import_motion(NeedsRig, _FromFile, bpy.types.Operator):
                                  description="Set the scene to the motion's own frame rate instead of resampling")
     frame_start: IntProperty(name="Start Frame", default=-1,  # type: ignore[valid-type]
                              description="First frame of the motion (-1: the scene's start)")
+    source_fps: FloatProperty(  # type: ignore[valid-type]
+        name="Source FPS", default=0.0, min=0.0, max=1000.0,
+        description="The file's own frame rate, for files that do not store one (0: the file's, else the "
+                    "format's default; DreamWaltz-G's 265-column aist.npy is 60)")
+    up_axis: EnumProperty(  # type: ignore[valid-type]
+        name="Up Axis", default="AUTO",
+        items=[("AUTO", "Automatic", "From the format, else read off the body (a standing body's up direction)"),
+               ("Y", "Y Up", ""), ("Z", "Z Up", "AMASS and most motion capture"), ("-Y", "-Y Up", "OpenCV camera space"),
+               ("-Z", "-Z Up", "")])
 
     def apply(self, context: Any) -> set[str]:
         from .motion_import import import_motion
@@ -163,9 +172,12 @@ class DREAMWALTZ_OT_import_motion(NeedsRig, _FromFile, bpy.types.Operator):
         self.change.keep_rig(arm)
         start = None if self.frame_start < 0 else self.frame_start
         motion = import_motion(context, arm, bpy.path.abspath(self.filepath), self.target_fps,
-                               self.use_source_fps, start)
+                               self.use_source_fps, start, self.source_fps or None,
+                               None if self.up_axis == "AUTO" else self.up_axis)
+        for note in motion.get("notes", []):
+            self.report({"WARNING"}, f"{os.path.basename(self.filepath)}: {note}")
         self.report({"INFO"}, f"imported {motion['num_frames']} frames ({motion['format']}, "
-                              f"{motion['source_fps']:g} -> {motion['fps']:g} fps)")
+                              f"{motion['source_fps']:g} -> {motion['fps']:g} fps, {motion['source_up_axis']} up)")
         return {"FINISHED"}
 
 
