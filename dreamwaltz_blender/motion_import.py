@@ -14,7 +14,7 @@ import numpy as np
 from . import session
 from .animation import fps_of, key_motion, set_scene_fps
 from .camera import apply_opencv
-from .rig import AVATAR_KEY, Y_UP_TO_Z_UP
+from .rig import AVATAR_KEY, Y_UP_TO_Z_UP, avatar_path
 
 
 def fetch_motion(path: str, fps: float | None, context: Any = None, source_fps: float | None = None,
@@ -25,7 +25,7 @@ def fetch_motion(path: str, fps: float | None, context: Any = None, source_fps: 
     c = session.client(context)
     rig_avatar = None
     if context is not None and context.active_object is not None and AVATAR_KEY in context.active_object:
-        rig_avatar = session.avatar_handle(context.active_object[AVATAR_KEY], context)
+        rig_avatar = session.avatar_handle(avatar_path(context.active_object), context)
     fields: dict[str, Any] = {"path": os.path.abspath(path), "slot": "motion"}
     if fps:
         fields["fps"] = float(fps)

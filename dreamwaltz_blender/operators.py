@@ -14,7 +14,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from . import session
 from .client import BackendError
-from .rig import AVATAR_KEY, OBJECT_KEY, build_rig, is_avatar_rig
+from .paths import stored_path
+from .rig import AVATAR_KEY, OBJECT_KEY, avatar_path, build_rig, is_avatar_rig
 from .rollback import Change
 
 USER_ERRORS = (BackendError, ValueError, OSError, RuntimeError)
@@ -132,7 +133,7 @@ class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
         mesh = bpy.data.meshes.new(name)
         mesh.from_pydata(corners, edges, [])
         obj = bpy.data.objects.new(name, mesh)
-        obj[OBJECT_KEY] = path
+        obj[OBJECT_KEY] = stored_path(path)
         obj["dreamwaltz_gaussians"] = int(reply["num_gaussians"])
         if self.y_up:
             obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
@@ -246,7 +247,7 @@ class DREAMWALTZ_OT_export_ply(NeedsRig, _FromFile, bpy.types.Operator):
         path = bpy.path.abspath(self.filepath)
         if not path.lower().endswith(".ply"):
             path += ".ply"
-        fields: dict[str, Any] = {"avatar": session.avatar_handle(arm[AVATAR_KEY], context), "path": path}
+        fields: dict[str, Any] = {"avatar": session.avatar_handle(avatar_path(arm), context), "path": path}
         if self.pose == "CURRENT":
             evaluated = arm.evaluated_get(context.evaluated_depsgraph_get())
             to_rig = np.linalg.inv(np.array(evaluated.matrix_world, dtype=np.float64))

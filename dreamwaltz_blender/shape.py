@@ -16,7 +16,7 @@ from bpy.props import FloatProperty, FloatVectorProperty, PointerProperty
 
 from . import session
 from .operators import NeedsRig, Reporting, require_rig
-from .rig import AVATAR_KEY, ordered_pose_bones
+from .rig import avatar_path, ordered_pose_bones
 
 TRAINED_KEY = "dreamwaltz_trained_betas"
 MAX_BETA = 5.0
@@ -42,7 +42,7 @@ def is_edited(arm: Any) -> bool:
 
 def _request(arm: Any, **fields: Any) -> dict:
     client = session.client()
-    reply = client.request("shape", avatar=session.avatar_handle(arm[AVATAR_KEY]), **fields)
+    reply = client.request("shape", avatar=session.avatar_handle(avatar_path(arm)), **fields)
     reply.update(client.arrays(reply, copy=True))
     client.release(reply["slot"])
     return reply
