@@ -51,7 +51,7 @@ def build_rig(context: Any, name: str, rig: dict, avatar_path: str) -> Any:
         pb.rotation_mode = "QUATERNION"
     floor = float(-np.min(rig["vertices"][:, 1]))  # the rest body's soles, below the pelvis (Y-up)
     arm[FLOOR_KEY] = floor
-    arm.pose.bones[rig["joint_names"][0]].location = (0.0, floor, 0.0)  # stands on the floor (z = 0)
+    ordered_pose_bones(arm)[0].location = (0.0, floor, 0.0)  # the pelvis: stands on the floor (z = 0)
     _add_expression(arm, int(rig["num_expression"]))
     mesh = _proxy_mesh(name, rig)
     collection.objects.link(mesh)
