@@ -316,3 +316,83 @@ def test_a_100k_hybrid_avatar_stays_under_50_megabytes(body, tmp_path):
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size < 50e6, f"{size / 1e6:.1f} MB"
     assert size > 25e6, "the field is in the file"
+
+
+# ---- one posing function: the same pixels through every renderer ---------------------------------
+
+def test_the_trained_avatar_renders_the_same_through_cli_server_and_blender(hybrid_dir, tmp_path):
+    """The trained skirt on a dance frame (the hips flexed): the CLI renderer, the server's render
+    op (what Blender's engine calls) and Blender's F12 give the same pixels, and they are the
+    deformed skirt's, not the skinned one's."""
+    from PIL import Image
+
+    from backend.dance import dance
+    from backend.motion import load_motion, save_motion
+    from backend.render import rasterize
+    from backend.sequence import clip_cameras, frame_params
+
+    from .blender import run_blender
+    from .conftest import run_backend
+
+    width, height, frame = 96, 128, 12
+    motion_file = tmp_path / "dance.npz"
+    save_motion(dance(seconds=1.0), motion_file)
+    run_backend("render", "--avatar", str(hybrid_dir), "--motion", str(motion_file), "--out", str(tmp_path / "cli"),
+                "--frames", f"{frame}:{frame + 1}", "--width", str(width), "--height", str(height), "--alpha",
+                "--background", "0,0,0", "--rasterizer", "torch", check=True)
+    cli = np.asarray(Image.open(tmp_path / "cli" / f"frame_{frame:06d}.png")).astype(np.float64) / 255
+
+    avatar = load_avatar(hybrid_dir)
+    motion = load_motion(motion_file, body_model=avatar.body)
+    cam = clip_cameras(avatar, motion, width, height)[frame]   # the CLI's own camera
+    params = frame_params(motion, frame)
+    transl = params.pop("transl")
+    full = np.concatenate([np.asarray(params[k], np.float64).reshape(-1, 3) for k in
+                           ("global_orient", "body_pose", "jaw_pose", "leye_pose", "reye_pose", "left_hand_pose",
+                            "right_hand_pose")])
+    _, transforms = skinning_transforms(rodrigues(full), avatar.body.rest_joints(avatar.betas).double().numpy(), transl)
+    out = tmp_path / "f12.png"
+    result = run_blender(f"""
+        import numpy as np
+        from dreamwaltz_blender import session
+        from dreamwaltz_blender.camera import apply_opencv
+        scene = bpy.context.scene
+        scene.render.fps = 30
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(hybrid_dir)!r})
+        arm = bpy.context.active_object
+        assert bpy.ops.dreamwaltz.import_motion(filepath={str(motion_file)!r}) == {{"FINISHED"}}
+        scene.frame_set(scene.frame_start + {frame})
+        to_rig = np.linalg.inv(np.array(arm.matrix_world))       # Blender world -> the rig's SMPL-X space
+        w2c = np.array({np.asarray(cam.world_to_camera).tolist()!r}) @ to_rig
+        K = np.array({np.asarray(cam.K).tolist()!r})
+        cam_obj = scene_camera((0, 0, 0), (0, 0, 0))
+        apply_opencv(cam_obj, scene, w2c, K, {width}, {height})
+        bpy.ops.dreamwaltz.use_engine()
+        scene.render.film_transparent = True
+        scene.render.dither_intensity = 0.0
+        scene.render.image_settings.file_format = "PNG"
+        scene.render.image_settings.color_mode = "RGBA"
+        scene.render.filepath = {str(out)!r}
+        bpy.ops.render.render(write_still=True)
+        # the server's render op with the CLI's transforms, as the engine sends a frame
+        T = np.array(arm.matrix_world) @ np.array({transforms.tolist()!r})
+        reply = session.client().render(camera={{"world_to_camera": w2c.tolist(), "K": K.tolist()}}, width={width},
+                                        height={height}, avatars=[{{"avatar": session.avatar_handle({str(hybrid_dir)!r}),
+                                                                   "transforms": T.tolist()}}], passes=("rgba",),
+                                        rasterizer="torch")
+        result["server"] = reply["rgba"].tolist()
+    """, tmp_path)
+    server = np.asarray(result["server"])
+    f12 = np.asarray(Image.open(out).convert("RGBA")).astype(np.float64) / 255
+    f12[..., :3] *= f12[..., 3:]                                    # PNG is straight alpha; compare premultiplied
+    covered = cli[..., 3] > 0.5
+    assert covered.sum() > 50, "the skirt is in view"
+    assert np.abs(server - cli).max() <= 1.01 / 255, "server vs CLI"
+    # Blender's colour management (the engine hands it linear light; the Standard view encodes
+    # it back to sRGB through OpenColorIO) rounds a few levels differently from ours
+    assert np.abs(f12 - cli).max() <= 3.01 / 255, "Blender F12 vs CLI"
+    assert np.abs(f12 - cli)[covered].mean() <= 0.5 / 255
+    with torch.no_grad():   # and what they drew is the deformed skirt
+        skinned = dataclasses.replace(avatar, networks=dataclasses.replace(avatar.networks, deformation=None), cache={})
+        rigid = rasterize(pose_with_params(skinned, **frame_params(motion, frame)), cam, backend="torch").alpha[..., 0]
+    assert (np.abs(rigid.numpy() - cli[..., 3]) > 0.2).sum() > 20
