@@ -203,25 +203,41 @@ class DeformationNetwork(nn.Module):
         d = body_pose.reshape(*body_pose.shape[:-1], POSE_VALUES).to(self.canonical_pose.dtype) - self.canonical_pose
         return torch.where(d.abs() < CANONICAL_SNAP, torch.zeros_like(d), d)
 
+    def _weights(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The parameters in `dtype` (first layer split into its feature and pose parts), cast
+        once and kept until a parameter changes: posing a frame casts nothing."""
+        f = self.spec.features
+        first = self.layers[0]
+        params = [first.weight[:, :f], first.bias, first.weight[:, f:]]
+        for layer in self.layers[1:]:
+            params += [layer.weight, layer.bias]
+        params += [self.head.weight, self.head.bias]
+        if dtype == first.weight.dtype:
+            return params
+        key = (dtype,) + tuple((id(p), p._version) for p in self.parameters())
+        cached = self.__dict__.get("_cast")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, [p.detach().to(dtype) for p in params])
+            self.__dict__["_cast"] = cached
+        return cached[1]
+
     def prepare(self, features: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-Gaussian constants: the first layer's position part (N, width) and the head's
         value at the canonical pose (N, 6), in `dtype` (default: the weights')."""
-        first = self.layers[0]
-        f = self.spec.features
-        dtype = dtype or first.weight.dtype
-        projected = F.linear(features.to(dtype), first.weight[:, :f].to(dtype), first.bias.to(dtype))
+        w = self._weights(dtype or self.head.weight.dtype)
+        projected = F.linear(features.to(w[0].dtype), w[0], w[1])
         return projected, self.raw(projected, torch.zeros(POSE_VALUES, device=features.device))
 
     def raw(self, projected: torch.Tensor, relative_pose: torch.Tensor) -> torch.Tensor:
         """The head's output (N, 6) for prepared features and a relative pose (63,); (B, N, 6)
         for a batch of poses (B, 63)."""
-        dtype = projected.dtype
-        first = self.layers[0]
-        pose_part = F.linear(relative_pose.to(dtype), first.weight[:, self.spec.features:].to(dtype))
+        w = self._weights(projected.dtype)
+        pose_part = F.linear(relative_pose.to(projected.dtype), w[2])
         h = F.leaky_relu(projected + pose_part[..., None, :])
-        for layer in self.layers[1:]:
-            h = F.leaky_relu(F.linear(h, layer.weight.to(dtype), layer.bias.to(dtype)))
-        return F.linear(h, self.head.weight.to(dtype), self.head.bias.to(dtype))
+        for i in range(len(self.layers) - 1):
+            h = F.leaky_relu(F.linear(h, w[3 + 2 * i], w[4 + 2 * i]))
+        return F.linear(h, w[-2], w[-1])
 
     def deform(self, projected: torch.Tensor, canonical_raw: torch.Tensor,
                body_pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
