@@ -18,8 +18,6 @@ NumPy does the IO; torch is used only to build the GaussianSet.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,21 +94,11 @@ def write_ply(path, gaussians, normals=None) -> Path:
     header += "".join(f"property float {p}\n" for p in PROPERTIES)
     header += "end_header\n"
 
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(data.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .files import atomic_path
+
+    with atomic_path(path, suffix=".ply") as tmp, open(tmp, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(data.tobytes())
     return path
 
 

@@ -187,12 +187,12 @@ def test_write_is_atomic_and_leaves_no_temp_file_on_failure(tmp_path, monkeypatc
     assert sorted(os.listdir(tmp_path)) == ["out.ply"]
 
     # failure half-way through writing: the temp file is removed, the old file stays
-    import backend.ply as ply_mod
+    import backend.files as files_mod
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ply_mod.os, "fsync", boom)
+    monkeypatch.setattr(files_mod.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         write_ply(target, sample_set(10, seed=3))
     assert target.read_bytes() == before

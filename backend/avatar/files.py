@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..files import atomic_folder
 from .gaussians import Avatar, AvatarMeta, BoundGaussians, FreeGaussians
 
 FORMAT = "dreamwaltz-avatar"
@@ -63,9 +62,9 @@ def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray |
     folder = Path(folder)
     if avatar.num_gaussians == 0:
         raise AvatarFileError(f"refusing to save {folder}: the avatar has no Gaussians")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    if folder.exists() and (not folder.is_dir() or (not (folder / META_FILE).exists() and any(folder.iterdir()))):
+        raise AvatarFileError(f"refusing to overwrite {folder}: it exists and is not an avatar folder")
+    with atomic_folder(folder) as staging:
         save_file(_tensors(avatar), str(staging / TENSOR_FILE))
         (staging / META_FILE).write_text(json.dumps(_meta_json(avatar), indent=2))
         if preview is None:
@@ -75,23 +74,7 @@ def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray |
         from PIL import Image
 
         Image.fromarray(preview).save(staging / PREVIEW_FILE)
-        _swap_into_place(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
-
-
-def _swap_into_place(staging: Path, folder: Path) -> None:
-    if not folder.exists():
-        os.replace(staging, folder)
-        return
-    if not (folder / META_FILE).exists() and any(folder.iterdir()):
-        raise AvatarFileError(f"refusing to overwrite {folder}: it exists and is not an avatar folder")
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    os.replace(folder, old)
-    os.replace(staging, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
