@@ -109,3 +109,25 @@ def atomic_folder(path: str | os.PathLike, replace: bool = True) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+
+
+def lfs_pointer_message(path: str | os.PathLike) -> str | None:
+    """If `path` is a Git LFS pointer (the small text file a clone without `git lfs` holds in
+    place of a large file), what to tell the user ("a Git LFS pointer, …: fetch …"; callers put
+    the file's name before it); else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    if not head.startswith(LFS_POINTER_PREFIX):
+        return None
+    size = ""
+    for line in head.decode("ascii", "replace").splitlines():
+        if line.startswith("size ") and line[5:].strip().isdigit():
+            size = f" of {int(line[5:]):,} bytes"
+    return (f"a Git LFS pointer, not the file itself: fetch the real file{size} "
+            "(git lfs pull, or download it again) and try again")

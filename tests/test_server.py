@@ -52,7 +52,7 @@ def test_hello(server):
     assert h["backend_version"] == __version__
     assert h["device"]["type"] == "cpu" and h["device"]["name"] and h["device"]["memory_bytes"] > 0
     assert h["rasterizer"] == "torch"
-    assert h["body_model"]["kind"] == "template" and len(h["body_model"]["sha256"]) == 64
+    assert h["body_model"]["kind"] == "template" and len(h["body_model"]["content_sha256"]) == 64
     assert h["shm_prefix"] == f"dw_{server.proc.pid}_"
     assert {"render_motion", "train", "selftest"} <= set(h["job_kinds"])
 
