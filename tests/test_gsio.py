@@ -319,3 +319,23 @@ def test_bad_gaussians_are_refused_before_anything_is_written(tmp_path):
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["keep.spz"]
 
+
+
+def test_turning_to_another_up_axis_turns_positions_orientations_and_sh_together(tmp_path):
+    """What `export-ply --up -y` does: the file is the same scene seen in COLMAP's frame."""
+    import torch
+
+    from backend.render.sh import view_colors
+
+    s = sample(50, degree=3, up="y")
+    t = s.turned("-y")
+    np.testing.assert_allclose(t.means, s.means * [1, -1, -1])  # 180° about x
+    assert_close(s, t.turned("y"), pos=1e-12, rot=1e-9, log_scale=1e-12, sh=1e-9)
+    d = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64), dim=-1)
+    flip = torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
+    seen = view_colors(-d, torch.as_tensor(s.colors), torch.as_tensor(s.sh), np.zeros(3))
+    seen_turned = view_colors(-d * flip, torch.as_tensor(t.colors), torch.as_tensor(t.sh), np.zeros(3))
+    torch.testing.assert_close(seen, seen_turned)
+    z = s.turned("z")
+    np.testing.assert_allclose(z.means, np.c_[s.means[:, 0], -s.means[:, 2], s.means[:, 1]], atol=1e-12)
+    assert read_gaussians(write_gaussians(tmp_path / "colmap.ply", t)).up == "-y", "the frame is recorded in the file"

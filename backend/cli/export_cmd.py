@@ -33,9 +33,11 @@ def _main(args: argparse.Namespace) -> int:
     options = {"sh_degree": args.sh_degree} if fmt == "ply" else {}
     if args.sh_degree is not None and fmt != "ply":
         raise CommandError(f"--sh-degree applies to INRIA .ply output only, not {fmt}")
-    write_gaussians(args.out, Splats.from_gaussian_set(gaussians, up="y"), fmt, **options)
+    if args.up != "y" and fmt in ("spz", "glb"):
+        raise CommandError(f"{fmt} files are Y up by specification; --up {args.up} applies to .ply and .splat")
+    write_gaussians(args.out, Splats.from_gaussian_set(gaussians, up="y").turned(args.up), fmt, **options)
     what = f"frame {args.frame} of {args.motion}" if args.motion else "the canonical pose"
-    print(f"wrote {len(gaussians)} Gaussians ({what}, SMPL-X Y-up metres) to {args.out} as {fmt}")
+    print(f"wrote {len(gaussians)} Gaussians ({what}, metres, {args.up} up) to {args.out} as {fmt}")
     return 0
 
 
@@ -48,6 +50,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sh-degree", type=int, choices=(0, 1, 2, 3), default=None,
                         help="SH degree declared in an INRIA .ply (f_rest zero-padded; default 3, as the "
                         "reference loader expects)")
+    parser.add_argument("--up", choices=("y", "-y", "z"), default="y",
+                        help="up axis of the written file: y (SMPL-X's, the default), -y (write --up=-y; what PLY viewers such as "
+                        "SuperSplat assume for captures) or z; .spz and .glb are always y")
     parser.add_argument("--motion", default=None, help=f"pose from this motion file (or {BUILTIN_DANCE})")
     parser.add_argument("--frame", type=int, default=0, help="which frame of --motion")
     parser.add_argument("--fps", type=float, default=None)

@@ -19,6 +19,9 @@ from ..render.sh import MAX_DEGREE, degree_of
 from .errors import GaussianFileError
 
 UP_AXES = ("y", "-y", "z")
+# each frame's turn to a Z-up world (Blender's): +90° about x for Y up, -90° for -Y up (COLMAP)
+TO_Z_UP = {"y": np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]), "-y": np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),
+           "z": np.eye(3)}
 
 
 @dataclasses.dataclass
@@ -68,6 +71,24 @@ class Splats:
         q = np.asarray(self.quats, np.float64)
         norm = np.linalg.norm(q, axis=1, keepdims=True)
         return np.where(norm > 0, q / np.where(norm > 0, norm, 1.0), np.array([1.0, 0.0, 0.0, 0.0]))
+
+    def turned(self, up: str) -> "Splats":
+        """The same Gaussians in the frame whose up axis is `up` (a rotation: positions,
+        orientations and SH turn together)."""
+        if up not in UP_AXES:
+            raise ValueError(f"up must be one of {', '.join(UP_AXES)}, got {up!r}")
+        if up == self.up:
+            return self
+        import torch
+
+        from ..avatar.posing import matrix_to_quaternion, quaternion_multiply
+        from ..render.sh import rotate_sh
+
+        R = TO_Z_UP[up].T @ TO_Z_UP[self.up]
+        q = matrix_to_quaternion(torch.as_tensor(R)).expand(len(self), 4)
+        return Splats(means=self.means @ R.T, quats=quaternion_multiply(q, torch.as_tensor(self.quats, dtype=torch.float64)).numpy(),
+                      scales=self.scales, opacities=self.opacities, colors=self.colors,
+                      sh=None if self.sh is None else rotate_sh(torch.as_tensor(self.sh), R).numpy(), up=up)
 
     def to_gaussian_set(self, device=None, dtype=None):
         """A GaussianSet for the renderer. Without SH (or with all-zero SH, INRIA's padding) the
