@@ -52,7 +52,7 @@ def detect_format(path: str | os.PathLike) -> str:
     if lfs:
         raise GaussianFileError(path, None, f"this is {lfs}")
     if is_ply(head):
-        return "compressed-ply" if compressed_ply.is_compressed(read_ply_container(path)) else "ply"
+        return "compressed-ply" if compressed_ply.is_compressed(read_ply_container(path, header_only=True)) else "ply"
     if spz.is_spz(head):
         return "spz"
     if gltf.is_glb(head) or head.lstrip()[:1] == b"{":
@@ -76,12 +76,8 @@ def read_gaussians(path: str | os.PathLike) -> Splats:
     fmt = detect_format(path)
     if fmt in ("ply", "compressed-ply"):
         contents = read_ply_container(path)
-        if fmt == "compressed-ply":
-            out = compressed_ply.read(path, contents)
-        elif inria_ply.is_inria(contents):
-            out = inria_ply.read(path, contents)
-        else:
-            out = inria_ply.read(path, contents)  # names the missing 3DGS properties
+        reader = compressed_ply.read if compressed_ply.is_compressed(contents) else inria_ply.read
+        out = reader(path, contents)
     else:
         data = path.read_bytes()
         out = {"spz": spz.read, "glb": gltf.read, "splat": splat.read}[fmt](path, data)

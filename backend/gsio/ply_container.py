@@ -44,9 +44,9 @@ def is_ply(head: bytes) -> bool:
     return head[:3] == b"ply" and head[3:4] in (b"\n", b"\r")
 
 
-def read_ply_container(path: Path) -> PlyContents:
-    """Parse the header and read every element up to the first one with list properties that
-    is not empty (3DGS files put such 'face' elements, if any, last)."""
+def read_ply_container(path: Path, header_only: bool = False) -> PlyContents:
+    """Parse the header and (unless `header_only`) read every element up to the first one with
+    list properties that is not empty (3DGS files put such 'face' elements, if any, last)."""
     lfs = lfs_pointer_message(path)
     if lfs:
         raise GaussianFileError(path, None, f"this is {lfs}")
@@ -56,7 +56,9 @@ def read_ply_container(path: Path) -> PlyContents:
         raise GaussianFileError(path, None, f"cannot open: {e.strerror or e}") from e
     with f:
         fmt, comments, elements = _parse_header(path, f)
-        if fmt == "ascii":
+        if header_only:
+            pass
+        elif fmt == "ascii":
             _read_ascii(path, f, elements)
         else:
             _read_binary(path, f, elements, "<" if fmt == "binary_little_endian" else ">")

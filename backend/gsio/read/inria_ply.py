@@ -18,11 +18,6 @@ from ..splats import Splats
 _REST = re.compile(r"f_rest_(\d+)$")
 
 
-def is_inria(contents: PlyContents) -> bool:
-    v = contents.elements.get("vertex")
-    return v is not None and all(p in [n for n, _ in v.props] for p in REQUIRED)
-
-
 def sh_rest(path: Path, cols: dict[str, np.ndarray], n: int) -> np.ndarray | None:
     """f_rest_0.. (channel-major: all of red, then green, then blue) as (N, K, 3)."""
     idx = sorted(int(m.group(1)) for m in map(_REST.match, cols) if m)
