@@ -107,7 +107,7 @@ def _body_for(meta: dict[str, Any], folder: Path, body: Any, device: str | torch
 
     wanted = meta.get("body_model", {})
     if body is None:
-        body = BodyModel(cached_template_path(), device) if wanted.get("kind") == "template" \
+        body = BodyModel(cached_template_path(), device=device) if wanted.get("kind") == "template" \
             else BodyModel.load(None, device)
     name, digest = wanted.get("name"), wanted.get("content_sha256")
     if wanted.get("kind") == "smplx" and body.kind != "smplx":

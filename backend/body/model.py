@@ -115,12 +115,13 @@ def content_hash(arrays: dict[str, np.ndarray]) -> str:
 class BodyModel:
     """An SMPL-X body (real or open template) that can be shaped and posed on any torch device."""
 
-    def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
+    def __init__(self, path: Path, kind: str | None = None, device: str | torch.device = "cpu") -> None:
+        """`kind` ("template" or "smplx") is read from the file's content unless a caller states it."""
         import smplx
 
         path = Path(path)
         arrays = _validate_file(path)
-        kind = "template" if TEMPLATE_MARKER in arrays else "smplx"
+        kind = kind or ("template" if TEMPLATE_MARKER in arrays else "smplx")
         digest = content_hash(arrays)
         loadable = path if kind == "template" else _sanitized_copy(arrays, digest)
         with contextlib.redirect_stdout(sys.stderr):  # smplx prints warnings; stdout may be the protocol
@@ -140,7 +141,7 @@ class BodyModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "BodyModel":
-        return cls(resolve_path(path), device)
+        return cls(resolve_path(path), device=device)
 
     # ---- sizes and static data -------------------------------------------------------------
     @property

@@ -144,7 +144,7 @@ class Services:
         with self._lock:
             if kind not in self._bodies:
                 if kind == "template":
-                    self._bodies[kind] = BodyModel(cached_template_path(), self.device)
+                    self._bodies[kind] = BodyModel(cached_template_path(), device=self.device)
                 else:
                     self._bodies[kind] = BodyModel.load(self.smplx, self.device)
             return self._bodies[kind]
