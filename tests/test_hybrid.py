@@ -8,6 +8,7 @@ import functools
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -81,7 +82,9 @@ def test_deformation_is_exactly_the_identity_at_the_canonical_pose(small_avatar,
         assert torch.equal(a.means, b.means) and torch.equal(a.scales, b.scales)
 
 
-def test_free_gaussians_take_colour_and_opacity_from_the_field(small_avatar):
+def test_colour_comes_from_the_field_at_the_canonical_position(small_avatar):
+    """Free Gaussians take colour and opacity from the field at their canonical position; the
+    mesh-bound ones take colour there too (and keep their own opacity)."""
     av = hybrid(small_avatar)
     perturb(av.networks.field.mlp, sigma=1.0)
     n = len(small_avatar.free)
@@ -93,7 +96,11 @@ def test_free_gaussians_take_colour_and_opacity_from_the_field(small_avatar):
     torch.testing.assert_close(g.colors[:n], colors)
     torch.testing.assert_close(g.opacities[:n], opacities)
     assert (g.colors[:n] - small_avatar.free.colors).abs().max() > 0.05, "not the per-Gaussian colours"
-    torch.testing.assert_close(g.colors[n:], small_avatar.bound.colors), "mesh-bound Gaussians keep theirs"
+    with torch.no_grad():
+        on_canonical_body = pose_with_params(small_avatar, body_pose=APOSE.reshape(-1)).means[n:]
+        bound_colors, _ = net.field.appearance(net.field.encode(on_canonical_body))
+    torch.testing.assert_close(g.colors[n:], bound_colors)
+    torch.testing.assert_close(g.opacities[n:], torch.sigmoid(small_avatar.bound.opacity_logits))
 
 
 # ---- a skirt that swings with the hips ----------------------------------------------------------
@@ -323,10 +330,11 @@ def test_a_100k_hybrid_avatar_stays_under_50_megabytes(body, tmp_path):
 def test_the_trained_avatar_renders_the_same_through_cli_server_and_blender(hybrid_dir, tmp_path):
     """The trained skirt on a dance frame (the hips flexed): the CLI renderer, the server's render
     op (what Blender's engine calls) and Blender's F12 give the same pixels, and they are the
-    deformed skirt's, not the skinned one's."""
+    deformed skirt's, not the skinned one's; export-ply writes those Gaussians."""
     from PIL import Image
 
     from backend.dance import dance
+    from backend.gsio import read_gaussians
     from backend.motion import load_motion, save_motion
     from backend.render import rasterize
     from backend.sequence import clip_cameras, frame_params
@@ -391,8 +399,121 @@ def test_the_trained_avatar_renders_the_same_through_cli_server_and_blender(hybr
     # Blender's colour management (the engine hands it linear light; the Standard view encodes
     # it back to sRGB through OpenColorIO) rounds a few levels differently from ours
     assert np.abs(f12 - cli).max() <= 3.01 / 255, "Blender F12 vs CLI"
-    assert np.abs(f12 - cli)[covered].mean() <= 0.5 / 255
+    assert np.abs(f12 - cli)[covered].mean() <= 1.0 / 255
     with torch.no_grad():   # and what they drew is the deformed skirt
         skinned = dataclasses.replace(avatar, networks=dataclasses.replace(avatar.networks, deformation=None), cache={})
         rigid = rasterize(pose_with_params(skinned, **frame_params(motion, frame)), cam, backend="torch").alpha[..., 0]
     assert (np.abs(rigid.numpy() - cli[..., 3]) > 0.2).sum() > 20
+    run_backend("export-ply", "--avatar", str(hybrid_dir), "--motion", str(motion_file), "--frame", str(frame),
+                "--out", str(tmp_path / "posed.ply"), check=True)
+    with torch.no_grad():
+        posed = pose_with_params(avatar, **frame_params(motion, frame))
+    np.testing.assert_allclose(read_gaussians(tmp_path / "posed.ply").means, posed.means.numpy(), atol=1e-5)
+
+
+# ---- training: the NeRF's field continues in the Gaussians; the original's mesh-bound Gaussians ---
+
+@pytest.fixture(scope="module")
+def nerf_stage(body):
+    """A NeRF stage with an untrained field (what matters here is that its values carry over)."""
+    from backend.train.nerf import NeRFConfig, NeRFField, NeRFStage
+    from backend.train.nerf.pretrain import CanonicalBody, field_cube, make_grid
+    from backend.train.poses import PoseConfig, PoseSampler
+
+    config = NeRFConfig(levels=6, log2_table=12, grid_size=16, backend="torch")
+    canonical = PoseSampler(PoseConfig()).canonical()
+    betas = body.betas_vector(None)
+    centre, bound = field_cube(CanonicalBody.pose(body, betas, canonical).vertices, config.padding)
+    field = NeRFField(config, centre, bound, seed=3)
+    perturb(field.mlp, seed=4, sigma=0.3)
+    return NeRFStage(config, body, betas, canonical, field, make_grid(config, field), seed=0)
+
+
+def test_training_continues_the_nerf_field_and_trains_the_deformation_in_random_poses(nerf_stage, tmp_path):
+    from backend.train.config import LearningRates
+    from backend.train.hybrid import HybridConfig, HybridTraining
+
+    canonical_pose = np.asarray(nerf_stage.canonical_params["body_pose"]).reshape(-1)
+    ht = HybridTraining.from_nerf(HybridConfig(enabled=True), nerf_stage, canonical_pose)
+    points = nerf_stage.canonical.vertices[::97]
+    with torch.no_grad():
+        sigma, rgb = nerf_stage.field.query(points)
+        colors, opacities = ht.networks.field.appearance(ht.networks.field.encode(points))
+    torch.testing.assert_close(colors, rgb)
+    torch.testing.assert_close(opacities, torch.sigmoid(torch.log(sigma)), atol=1e-5, rtol=1e-4)  # sigmoid(raw density)
+    groups = ht.param_groups(LearningRates())
+    assert [g["name"] for g in groups] == ["hybrid.grid", "hybrid.field", "hybrid.deformation"]
+    opt = torch.optim.Adam(groups)
+    canonical_stage = SimpleNamespace(name="canonical", poses="apose")     # what a recipe's stage says of its poses
+    random_stage = SimpleNamespace(name="random-pose", poses="prior")
+    ht.set_lrs(opt, canonical_stage)
+    assert opt.param_groups[2]["lr"] == 0.0 and ht.networks_for(canonical_stage).deformation is None
+    ht.set_lrs(opt, random_stage)
+    assert opt.param_groups[2]["lr"] == LearningRates().mlp and ht.networks_for(random_stage).deformation is not None
+    ht.set_lrs(opt, canonical_stage)   # once trained, it stays in the posing
+    assert ht.networks_for(canonical_stage).deformation is not None
+    state = ht.state_dict()
+    again = HybridTraining.from_state(HybridConfig(enabled=True), state, torch.device("cpu"))
+    for a, b in zip(again.networks.field.parameters(), ht.networks.field.parameters()):
+        assert torch.equal(a, b)
+    assert again.deformation_trained and torch.equal(again.networks.deformation.canonical_pose,
+                                                     torch.as_tensor(canonical_pose, dtype=torch.float32))
+
+
+def test_paper_mesh_bound_gaussians_are_six_per_hand_triangle_flat_and_opaque(body):
+    from backend.avatar.mesh_bound import FLAT, PER_TRIANGLE, paper_bound
+    from backend.body.segmentation import part_triangles
+
+    hands = part_triangles(body, ("hands",))
+    b = paper_bound(body, body.betas_vector(None), ("hands",))
+    g = b.gaussians()
+    assert len(g) == PER_TRIANGLE * len(hands) and torch.equal(torch.unique(g.faces), torch.as_tensor(hands))
+    assert (torch.sigmoid(g.opacity_logits) == 1.0).all(), "opacity exactly 1"
+    torch.testing.assert_close(g.log_scales[:, 2].exp(), torch.full((len(g),), FLAT))
+    tangent = g.log_scales[:, :2].exp()
+    assert (tangent >= FLAT).all() and (tangent.median(0).values > 30 * FLAT).all() and (g.offsets == 0).all()
+    # scale factors are clamped to [0.5, 2] of the triangle's size
+    b.factors.fill_(10.0)
+    torch.testing.assert_close(b.gaussians().log_scales[:, :2].exp(), 2.0 * b.base_scales)
+    # posed: on the triangle, with the triangle's size
+    from backend.avatar import Avatar
+
+    av = Avatar(body=body, betas=body.betas_vector(None), free=skirt_avatar(body, 2).free, bound=paper_bound(
+        body, body.betas_vector(None), ("hands",)).gaussians())
+    with torch.no_grad():
+        posed = pose_with_params(av, body_pose=np.random.default_rng(0).normal(0, 0.3, 63))
+    assert (posed.opacities[2:] == 1.0).all()
+
+
+def test_hand_and_face_sets_come_from_smplx_files_beside_the_model(body, tmp_path):
+    """Where the user has SMPL-X's vertex segmentation and FLAME's face mask beside the model
+    file, the mesh-bound parts are those; a broken file is one error naming it."""
+    import pickle
+    import shutil
+
+    from backend.body import BodyModel
+    from backend.body.segmentation import SegmentationError, part_triangles, part_vertices
+
+    folder = tmp_path / "smplx"
+    folder.mkdir()
+    model = folder / "SMPLX_NEUTRAL.npz"
+    shutil.copy(body.path, model)
+    smplx_like = BodyModel(model, kind="smplx")
+    assert part_vertices(smplx_like, "hands")[1] == "the body's regions"   # no files yet
+    hands = np.nonzero(body.regions()["left_hand"])[0][:200]
+    labels = {"leftHand": hands[:150].tolist(), "leftHandIndex1": hands[150:].tolist(), "rightHand": [],
+              "rightHandIndex1": [], "spine": [0, 1]}
+    (folder / "smplx_vert_segmentation.json").write_text(json.dumps(labels))
+    flame_ids = np.nonzero(body.regions()["face"])[0]
+    np.save(folder / "SMPL-X__FLAME_vertex_ids.npy", flame_ids)
+    with open(folder / "FLAME_masks.pkl", "wb") as fh:
+        pickle.dump({"face": np.arange(0, len(flame_ids), 2), "scalp": np.arange(3)}, fh)
+    mask, source = part_vertices(smplx_like, "hands")
+    assert source == "smplx_vert_segmentation.json" and mask.sum() == 200 and mask[hands].all()
+    face, source = part_vertices(smplx_like, "face")
+    assert source == "FLAME_masks.pkl" and face.sum() == len(flame_ids[::2])
+    tri = part_triangles(smplx_like, ("hands",))
+    assert len(tri) and mask[np.asarray(body.faces)[tri]].all()
+    (folder / "smplx_vert_segmentation.json").write_text(json.dumps({"leftHand": [1]}))
+    with pytest.raises(SegmentationError, match="smplx_vert_segmentation.json has no leftHandIndex1"):
+        part_vertices(smplx_like, "hands")

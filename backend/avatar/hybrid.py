@@ -22,6 +22,7 @@ Gaussian (`prepare`) and a frame costs one broadcast add and the remaining layer
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any
@@ -268,9 +269,15 @@ class HybridNetworks:
                                    f"field gives {self.field.spec.out_dim}")
 
     def to(self, device: str | torch.device) -> "HybridNetworks":
-        return HybridNetworks(self.canonical_transforms.to(device),
-                              None if self.field is None else self.field.to(device),
-                              None if self.deformation is None else self.deformation.to(device))
+        """On `device`; the networks are copied there (nn.Module.to would move these in place)."""
+        device = torch.device(device)
+        if self.canonical_transforms.device == device:
+            return self
+
+        def moved(module: nn.Module | None) -> Any:
+            return None if module is None else copy.deepcopy(module).to(device)
+
+        return HybridNetworks(self.canonical_transforms.to(device), moved(self.field), moved(self.deformation))
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.field, self.deformation) if m is not None]

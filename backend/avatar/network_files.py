@@ -6,8 +6,8 @@ where the avatar has none; gaussians.safetensors gains their parameters as `netw
 transforms. Loading builds each network from its declared shape and refuses, naming the file
 and the tensor, any parameter that is missing, unexpected, of another shape or not finite.
 
-The free Gaussians' colours and opacities stay in the file as ever, baked from the field (as
-stored, after rounding to half precision), for readers that cannot run it.
+The Gaussians' colours (and the free ones' opacities) stay in the file as ever, baked from the
+field (as stored, after rounding to half precision), for readers that cannot run it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from .gaussians import Avatar
-from .hybrid import (DeformationNetwork, DeformSpec, FieldSpec, HybridNetworks, ImplicitField, NetworkSpecError,
-                     canonical_positions)
+from .hybrid import DeformationNetwork, DeformSpec, FieldSpec, HybridNetworks, ImplicitField, NetworkSpecError
 
 PREFIX = "networks."
 GRID = "field.encoding.embeddings"
@@ -37,22 +36,25 @@ def _logit(x: torch.Tensor) -> torch.Tensor:
 
 
 def for_saving(avatar: Avatar) -> Avatar:
-    """The avatar as it will be read back: the grid rounded to half precision and the free
-    Gaussians' colours and opacities baked from that field."""
+    """The avatar as it will be read back: the grid rounded to half precision and the colours
+    (and free opacities) baked from that field."""
+    from .posing import bound_constants, free_constants
+
     networks = avatar.networks
     if networks is None or networks.field is None:
         return avatar
-    field = ImplicitField(networks.field.spec, networks.field.centre.detach().cpu(), float(networks.field.bound))
-    field.load_state_dict({k: v.detach().cpu().float() for k, v in networks.field.state_dict().items()})
+    source = networks.field
+    field = ImplicitField(source.spec, source.centre.detach().cpu(), float(source.bound))
+    field.load_state_dict({k: v.detach().cpu().float() for k, v in source.state_dict().items()})
     with torch.no_grad():
         field.encoding.embeddings.copy_(field.encoding.embeddings.to(GRID_DTYPE).float())
-        free = avatar.free
-        canon = canonical_positions(free.means.detach().cpu().float(), free.skin_joints.cpu(),
-                                    free.skin_weights.detach().cpu().float(), networks.canonical_transforms.cpu())
-        colors, opacities = field.appearance(field.encode(canon))
-    baked = dataclasses.replace(free, colors=colors.to(free.colors.device), opacity_logits=_logit(opacities).to(free.colors.device))
-    kept = HybridNetworks(networks.canonical_transforms, field.to(free.means.device), networks.deformation)
-    return dataclasses.replace(avatar, free=baked, networks=kept, cache={})
+    kept = HybridNetworks(networks.canonical_transforms.detach(), field.to(source.centre.device), networks.deformation)
+    stored = dataclasses.replace(avatar, networks=kept, cache={})
+    with torch.no_grad():
+        free, bound = free_constants(stored), bound_constants(stored)
+        baked_free = dataclasses.replace(avatar.free, colors=free.colors.clone(), opacity_logits=_logit(free.opacities))
+        baked_bound = dataclasses.replace(avatar.bound, colors=bound.colors.clone())
+    return dataclasses.replace(stored, free=baked_free, bound=baked_bound, cache={})
 
 
 def networks_meta(networks: HybridNetworks) -> dict[str, Any]:

@@ -77,6 +77,15 @@ def _det3(m: torch.Tensor) -> torch.Tensor:
     return (m[..., 0, :] * torch.linalg.cross(m[..., 1, :], m[..., 2, :])).sum(-1)
 
 
+def local_rotations(transforms: torch.Tensor) -> torch.Tensor:
+    """(55, 3, 3) each joint's rotation relative to its parent (the root's: to the world) from
+    skinning transforms (55, 4, 4) (an armature's uniform scale removed)."""
+    rot = transforms[:, :3, :3]
+    pure = rot / (_det3(rot).abs().clamp_min(1e-12) ** (1.0 / 3.0))[:, None, None]
+    parents = _PARENT_INDEX.to(transforms.device)
+    return torch.cat([pure[:1], pure[parents].transpose(-1, -2) @ pure[1:]])
+
+
 def joint_frame(transforms: torch.Tensor) -> torch.Tensor:
     """(55, 24) per-joint table of skinning transforms (55, 4, 4): the transform (16 values, row
     major), its rotation as a unit quaternion (4), its uniform scale (1; an armature object may be
@@ -85,9 +94,7 @@ def joint_frame(transforms: torch.Tensor) -> torch.Tensor:
     rot = transforms[:, :3, :3]
     scale = _det3(rot).abs().clamp_min(1e-12) ** (1.0 / 3.0)
     pure = rot / scale[:, None, None]
-    parents = _PARENT_INDEX.to(transforms.device)
-    local = torch.cat([pure[:1], pure[parents].transpose(-1, -2) @ pure[1:]])
-    axis_angle = quaternion_to_axis_angle(matrix_to_quaternion(local))
+    axis_angle = quaternion_to_axis_angle(matrix_to_quaternion(local_rotations(transforms)))
     return torch.cat([transforms.reshape(-1, 16), matrix_to_quaternion(pure), scale[:, None], axis_angle], 1)
 
 
@@ -292,18 +299,39 @@ class BoundConstants:
     multiplier: torch.Tensor    # (M, 4, 4) right_multiplier of the rotations in the triangle frames
 
 
+def _bound_tensors(avatar: Avatar) -> list[torch.Tensor]:
+    b = avatar.bound
+    tensors = [b.barycentric, b.offsets, b.quats, b.log_scales, b.opacity_logits, b.colors]
+    if avatar.networks is not None and avatar.networks.field is not None:
+        tensors += list(avatar.networks.field.parameters())
+    return tensors
+
+
+def _bound_colors(avatar: Avatar) -> torch.Tensor:
+    """The mesh-bound Gaussians' colours: a hybrid avatar's field at their canonical positions
+    (on the body in the canonical pose, pose correctives included), else their own."""
+    networks = avatar.networks
+    if networks is None or networks.field is None:
+        return avatar.bound.colors.clamp(0, 1)
+    t = networks.canonical_transforms
+    verts = avatar.body.pose_vertices(t[None], None, None, local_rotations(t)[None],
+                                      shaped=rest_state(avatar)["vertices"])[0]
+    return networks.field.appearance(networks.field.encode(_bound_means(avatar, verts)[0]))[0]
+
+
 def bound_constants(avatar: Avatar) -> BoundConstants:
     """Like `free_constants`, for the mesh-bound Gaussians."""
     b = avatar.bound
-    tensors = [b.quats, b.log_scales, b.opacity_logits, b.colors]
+    tensors = _bound_tensors(avatar)
 
     def make() -> BoundConstants:
-        return BoundConstants(torch.exp(b.log_scales), torch.sigmoid(b.opacity_logits), b.colors.clamp(0, 1),
+        return BoundConstants(torch.exp(b.log_scales), torch.sigmoid(b.opacity_logits), _bound_colors(avatar),
                               right_multiplier(b.quats))
 
     if _needs_grad(*tensors):
         return make()
-    key = tuple((id(t), t._version) for t in tensors)
+    key = tuple((id(t), t._version) for t in tensors) + \
+        (() if avatar.networks is None else avatar.networks.version())
     cached = avatar.cache.get("bound_constants")
     if cached is None or cached[0] != key:
         with torch.no_grad():
@@ -312,15 +340,21 @@ def bound_constants(avatar: Avatar) -> BoundConstants:
     return cached[1]
 
 
-def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
-    """Gaussians on posed triangles; offsets and sizes grow with the triangle (scaled rigs, stretch)."""
+def _bound_means(avatar: Avatar, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions (M, 3) on posed triangles, the triangles' frames (M, 3, 3) and their growth
+    (M, 1): the square root of their area over the rest area."""
     bound = avatar.bound
     rest = rest_state(avatar)
-    c = bound_constants(avatar)
     tri, frames = triangle_frames(vertices, rest["faces"])
     k = (_areas(tri) / rest["areas"].clamp_min(1e-12)).sqrt()[:, None]
     anchor = (bound.barycentric[:, :, None] * tri).sum(1)
-    means = anchor + k * (frames * bound.offsets[:, None, :]).sum(-1)
+    return anchor + k * (frames * bound.offsets[:, None, :]).sum(-1), frames, k
+
+
+def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
+    """Gaussians on posed triangles; offsets and sizes grow with the triangle (scaled rigs, stretch)."""
+    c = bound_constants(avatar)
+    means, frames, k = _bound_means(avatar, vertices)
     return GaussianSet(means=means, quats=apply_multiplier(c.multiplier, matrix_to_quaternion(frames)),
                        scales=c.scales * k, opacities=c.opacities, colors=c.colors)
 

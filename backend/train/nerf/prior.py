@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...body.joints import HAND_JOINTS
+from ...body.segmentation import part_triangles
 from .field import NeRFField
 from .mesh import nearest_triangles, sample_surface
 
@@ -34,13 +35,12 @@ class PriorSet:
 
 
 def part_faces(body, parts: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the body's triangles in the named parts ("hands", "face") and a mask of those
-    among them that belong to the wrists."""
-    regions = body.regions()
+    """Indices of the body's triangles in the named parts ("hands", "face"; body/segmentation.py:
+    SMPL-X's published vertex sets where the user has them) and a mask of those among them that
+    belong to the wrists."""
     faces = np.asarray(body.faces)
     mask = np.zeros(len(faces), dtype=bool)
-    for part in parts:
-        mask |= regions[part][faces].all(1)
+    mask[part_triangles(body, parts)] = True
     dominant = body.skinning_weights.argmax(1).cpu().numpy()
     hand = np.isin(dominant, HAND_JOINTS["left"] + HAND_JOINTS["right"])
     wrist = np.isin(dominant, WRISTS) & ~hand
