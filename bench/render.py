@@ -81,7 +81,7 @@ def mlp_ms(avatar, params: dict, device: str, repeats: int) -> float:
     """The deformation network alone, as posing runs it (CUDA graph on CUDA)."""
     c = free_constants(avatar).net
     net = avatar.networks.deformation
-    pose = body_pose(joint_frame(torch.from_numpy(_transforms(avatar, params))).float().to(avatar.device))
+    pose = body_pose(joint_frame(torch.as_tensor(_transforms(avatar, params), dtype=torch.float32, device=avatar.device)))
 
     def run():
         return net.deform(c.projected, c.canonical_raw, pose)

@@ -4,9 +4,9 @@ One function serves every renderer (the CLI, the server behind Blender's F12 and
 demo, export): `pose_with_transforms`. Blender sends per-joint skinning transforms G_j
 (DESIGN.md §3); SMPL-X pose parameters are first turned into the same transforms by forward
 kinematics (`pose_with_params`). Everything per joint (rotations, quaternions, scales, the body
-pose the deformation network reads) is derived from the transforms once per frame, on the host
-when they come from the host; everything per Gaussian runs on the avatar's device, replayed as
-one CUDA graph there. A hybrid avatar's free Gaussians take colour and opacity from its field
+pose the deformation network reads) is derived from the transforms once per frame
+(`joint_frame`), then everything per Gaussian, all on the avatar's device and, on CUDA, replayed
+as one CUDA graph. A hybrid avatar's free Gaussians take colour and opacity from its field
 and move with its deformation network before skinning (hybrid.py).
 """
 
@@ -25,8 +25,8 @@ from ..body.kinematics import rodrigues, skinning_transforms
 from ..render import GaussianSet
 from .gaussians import Avatar
 from .hybrid import MIN_SCALE, FreeNetworkState, free_network_state
-from .quaternions import (apply_multiplier, matrix_to_quaternion, quaternion_multiply, quaternion_to_axis_angle,
-                          right_multiplier)
+from .quaternions import (apply_multiplier, matrix_to_quaternion, on_device, quaternion_multiply,
+                          quaternion_to_axis_angle, right_multiplier)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ __all__ = ["PoseError", "pose_with_transforms", "pose_with_params", "joint_frame
            "quaternion_multiply", "triangle_frames"]
 
 # columns of the per-joint table `joint_frame` makes
-T_ROWS, T_FULL, QUAT, SCALE, LOCAL_AA, JOINT_COLUMNS = slice(0, 12), slice(0, 16), slice(16, 20), 20, slice(21, 24), 24
+T_ROWS, QUAT, SCALE, LOCAL_AA = slice(0, 12), slice(16, 20), 20, slice(21, 24)
 
 
 HALF = torch.float16
@@ -82,7 +82,7 @@ def local_rotations(transforms: torch.Tensor) -> torch.Tensor:
     skinning transforms (55, 4, 4) (an armature's uniform scale removed)."""
     rot = transforms[:, :3, :3]
     pure = rot / (_det3(rot).abs().clamp_min(1e-12) ** (1.0 / 3.0))[:, None, None]
-    parents = _PARENT_INDEX.to(transforms.device)
+    parents = on_device(_PARENT_INDEX, transforms.device)
     return torch.cat([pure[:1], pure[parents].transpose(-1, -2) @ pure[1:]])
 
 
@@ -101,18 +101,6 @@ def joint_frame(transforms: torch.Tensor) -> torch.Tensor:
 def body_pose(joints: torch.Tensor) -> torch.Tensor:
     """(63,) axis-angles of the 21 body joints from a `joint_frame` table."""
     return joints[1:22, LOCAL_AA].reshape(63)
-
-
-def _joint_input(transforms: Any, device: torch.device) -> torch.Tensor:
-    """The `joint_frame` table on `device`: made on the host in float64 from host input."""
-    if torch.is_tensor(transforms) and transforms.is_cuda:
-        t = _checked(transforms, (55, 4, 4), "skinning transforms", device)
-        return joint_frame(t)
-    host = torch.from_numpy(_host(transforms, (55, 4, 4), "skinning transforms"))
-    table = joint_frame(host).float()
-    if device.type == "cuda":
-        return table.pin_memory().to(device, non_blocking=True)
-    return table.to(device)
 
 
 def triangle_frames(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,16 +347,15 @@ def pose_bound(avatar: Avatar, vertices: torch.Tensor) -> GaussianSet:
                        scales=c.scales * k, opacities=c.opacities, colors=c.colors)
 
 
-def _pose_device(avatar: Avatar, joints: torch.Tensor, expression: torch.Tensor | None,
+def _pose_device(avatar: Avatar, transforms: torch.Tensor, expression: torch.Tensor | None,
                  rots: torch.Tensor | None, state: dict) -> GaussianSet:
-    """Posing proper: device tensors in (a `joint_frame` table), Gaussians out, no host
-    synchronisation."""
+    """Posing proper: device tensors in, Gaussians out, no host synchronisation."""
+    joints = joint_frame(transforms)
     parts = []
     if len(avatar.free):
         parts.append(pose_free(avatar, joints, state.get("free_means")))
     if len(avatar.bound):
-        t = joints[:, T_FULL].reshape(1, -1, 4, 4)
-        verts = avatar.body.pose_vertices(t, None, expression, rots, shaped=state["vertices"])[0]
+        verts = avatar.body.pose_vertices(transforms[None], None, expression, rots, shaped=state["vertices"])[0]
         parts.append(pose_bound(avatar, verts))
     return GaussianSet.concat(parts)
 
@@ -385,12 +372,12 @@ class PoseGraph:
     (no autograd). Positions, rotations and scales are copied out, so they stay valid after the
     next frame; opacities and colours are the graph's own (every replay writes the same values)."""
 
-    def __init__(self, avatar: Avatar, state: dict, joints: torch.Tensor, expression: torch.Tensor | None,
+    def __init__(self, avatar: Avatar, state: dict, t: torch.Tensor, expression: torch.Tensor | None,
                  rots: torch.Tensor | None) -> None:
         self.state = state
-        self.inputs = (joints.clone(), None if expression is None else expression.clone(),
+        self.inputs = (t.clone(), None if expression is None else expression.clone(),
                        None if rots is None else rots.clone())
-        device = joints.device
+        device = t.device
         free_constants(avatar), bound_constants(avatar)  # made outside the capture, kept in the cache
         side = torch.cuda.Stream(device=device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -404,8 +391,8 @@ class PoseGraph:
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = _pose_device(avatar, *self.inputs, state)
 
-    def __call__(self, joints: torch.Tensor, expression: torch.Tensor | None, rots: torch.Tensor | None) -> GaussianSet:
-        for static, value in zip(self.inputs, (joints, expression, rots)):
+    def __call__(self, t: torch.Tensor, expression: torch.Tensor | None, rots: torch.Tensor | None) -> GaussianSet:
+        for static, value in zip(self.inputs, (t, expression, rots)):
             if static is not None:
                 static.copy_(value)
         self.graph.replay()
@@ -429,7 +416,7 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
     deformation network's body pose is read from the transforms themselves (each joint's
     rotation relative to its parent), so whatever moves the bones drives it."""
     device = avatar.device
-    joints = _joint_input(transforms, device)
+    t = _checked(transforms, (55, 4, 4), "skinning transforms", device)
     state = shape_state(avatar, betas)
     rots = None if local_rotations is None or not len(avatar.bound) else \
         _checked(local_rotations, (55, 3, 3), "local rotations", device)[None]
@@ -438,20 +425,20 @@ def pose_with_transforms(avatar: Avatar, transforms: Any, expression: Any = None
     else:
         expression = None
     if not _graphable(avatar):
-        return _pose_device(avatar, joints, expression, rots, state)
+        return _pose_device(avatar, t, expression, rots, state)
     key = ("graph", id(state), None if expression is None else tuple(expression.shape), rots is None)
     graphs = avatar.cache.setdefault("graphs", {})
     if key not in graphs or graphs[key].state is not state:
         if len(graphs) > 8:
             graphs.clear()
         try:
-            graphs[key] = PoseGraph(avatar, state, joints, expression, rots)
+            graphs[key] = PoseGraph(avatar, state, t, expression, rots)
         except Exception as exc:  # noqa: BLE001 - an uncapturable op or driver: posing works without graphs
             torch.cuda.synchronize(device)
             log.warning("CUDA graph capture of the posing failed (%s); posing without graphs", exc)
             avatar.cache["no_graphs"] = True
-            return _pose_device(avatar, joints, expression, rots, state)
-    return graphs[key](joints, expression, rots)
+            return _pose_device(avatar, t, expression, rots, state)
+    return graphs[key](t, expression, rots)
 
 
 POSE_PARTS = (("global_orient", 1), ("body_pose", 21), ("jaw_pose", 1), ("leye_pose", 1),

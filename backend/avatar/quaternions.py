@@ -37,13 +37,24 @@ def _fill_tables() -> None:
 
 
 _fill_tables()
+_COPIES: dict[tuple, torch.Tensor] = {}
+
+
+def on_device(table: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A constant table on `device` (and in `dtype`), copied there once: a copy from the host
+    inside a CUDA graph capture would fail, and every frame would pay for it."""
+    key = (id(table), str(device), dtype)
+    out = _COPIES.get(key)
+    if out is None:
+        out = _COPIES[key] = table.to(device=device, dtype=dtype or table.dtype)
+    return out
 
 
 def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) rotation matrices -> (..., 4) unit wxyz quaternions (branch-free, stable)."""
     shape = m.shape[:-2]
     flat = m.reshape(-1, 1, 9)
-    a, c, s = (t.to(m.device, m.dtype) for t in (_A, _C, _SCORE))
+    a, c, s = (on_device(t, m.device, m.dtype) for t in (_A, _C, _SCORE))
     candidates = ((flat * a).sum(-1) + c).reshape(-1, 4, 4)
     best = (flat * s).sum(-1).argmax(-1)
     q = torch.gather(candidates, 1, best[:, None, None].expand(-1, 1, 4))[:, 0]
@@ -86,5 +97,5 @@ def quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
     return v * k
 
 
-__all__ = ["matrix_to_quaternion", "quaternion_multiply", "right_multiplier", "apply_multiplier",
+__all__ = ["on_device", "matrix_to_quaternion", "quaternion_multiply", "right_multiplier", "apply_multiplier",
            "quaternion_to_axis_angle"]
