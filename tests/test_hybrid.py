@@ -313,6 +313,24 @@ def test_bad_network_files_are_refused_naming_the_file(hybrid_dir, tmp_path):
         assert str(folder) in str(err.value)
 
 
+def test_the_backend_keeps_serving_after_a_bad_hybrid_avatar(hybrid_dir, tmp_path):
+    from .test_server_support import RawServer, front_camera, identity_transforms
+
+    bad = _copy(hybrid_dir, tmp_path)
+    _rewrite(bad, lambda t: t["networks.deformation.head.weight"].fill_(float("inf")))
+    server = RawServer()
+    try:
+        err = server.error("load_avatar", path=str(bad))
+        assert err["code"] == "avatar_error" and "networks.deformation.head.weight" in err["message"] \
+            and str(bad) in err["message"]
+        good = server.ok("load_avatar", path=str(hybrid_dir))["avatar"]
+        reply = server.ok("render", width=32, height=32, camera=front_camera(32, 32),
+                          avatars=[{"avatar": good, "transforms": identity_transforms()}])
+        assert reply["num_gaussians"] == 300
+    finally:
+        server.close()
+
+
 def test_a_100k_hybrid_avatar_stays_under_50_megabytes(body, tmp_path):
     """The paper-sized field (16 levels x 2 features, 2^19 entries, up to 2048 per axis) and
     100,000 Gaussians."""
@@ -454,10 +472,37 @@ def test_training_continues_the_nerf_field_and_trains_the_deformation_in_random_
     assert ht.networks_for(canonical_stage).deformation is not None
     state = ht.state_dict()
     again = HybridTraining.from_state(HybridConfig(enabled=True), state, torch.device("cpu"))
+    assert again.deformation_trained
     for a, b in zip(again.networks.field.parameters(), ht.networks.field.parameters()):
         assert torch.equal(a, b)
-    assert again.deformation_trained and torch.equal(again.networks.deformation.canonical_pose,
-                                                     torch.as_tensor(canonical_pose, dtype=torch.float32))
+    assert torch.equal(again.networks.deformation.canonical_pose, torch.as_tensor(canonical_pose, dtype=torch.float32))
+
+
+def test_the_trainer_poses_a_hybrid_avatar_differentiably(nerf_stage, small_avatar, body):
+    """What the trainer optimises: the free Gaussians' geometry, the field (through colours,
+    opacities and the deformation's features), the deformation network in random-pose stages
+    only, and the original's mesh-bound barycentrics and scale factors."""
+    from backend.train.hybrid import HybridConfig, HybridTraining
+
+    ht = HybridTraining.from_nerf(HybridConfig(enabled=True), nerf_stage,
+                                  np.asarray(nerf_stage.canonical_params["body_pose"]).reshape(-1))
+    perturb(ht.networks.deformation.head, seed=5, sigma=0.1)
+    params, buffers = ht.trainer_tensors(small_avatar, body, small_avatar.betas, expression=False)
+    params = {k: torch.nn.Parameter(v.detach().clone()) for k, v in params.items()}
+    assert "free.opacity_logits" not in params and set(params) >= {"bound.barycentric", "bound.factors"}
+    pose = random_pose(np.random.default_rng(7))
+    for stage, deforms in ((SimpleNamespace(poses="apose"), False), (SimpleNamespace(poses="prior"), True)):
+        for t in list(params.values()) + list(ht.networks.deformation.parameters()) + [ht.networks.field.encoding.embeddings]:
+            t.grad = None
+        av = ht.avatar(params, buffers, body, small_avatar.betas, stage)
+        g = pose_with_params(av, **pose)
+        (g.means.sum() + g.colors.sum() + g.opacities.sum() + g.scales.sum()).backward()
+        for name in ("free.means", "free.log_scales", "bound.barycentric", "bound.factors"):
+            assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+        assert ht.networks.field.encoding.embeddings.grad.abs().sum() > 0
+        head = ht.networks.deformation.head.weight.grad
+        assert (head is not None and head.abs().sum() > 0) == deforms, stage
+        assert (g.opacities[len(small_avatar.free):] == 1.0).all()
 
 
 def test_paper_mesh_bound_gaussians_are_six_per_hand_triangle_flat_and_opaque(body):

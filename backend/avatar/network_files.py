@@ -47,7 +47,8 @@ def for_saving(avatar: Avatar) -> Avatar:
     field = ImplicitField(source.spec, source.centre.detach().cpu(), float(source.bound))
     field.load_state_dict({k: v.detach().cpu().float() for k, v in source.state_dict().items()})
     with torch.no_grad():
-        field.encoding.embeddings.copy_(field.encoding.embeddings.to(GRID_DTYPE).float())
+        largest = torch.finfo(GRID_DTYPE).max
+        field.encoding.embeddings.copy_(field.encoding.embeddings.clamp(-largest, largest).to(GRID_DTYPE).float())
     kept = HybridNetworks(networks.canonical_transforms.detach(), field.to(source.centre.device), networks.deformation)
     stored = dataclasses.replace(avatar, networks=kept, cache={})
     with torch.no_grad():

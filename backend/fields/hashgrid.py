@@ -134,4 +134,4 @@ class HashGridEncoding(nn.Module):
         n = x.shape[0]
         idx, w = self.indices_and_weights(x)
         feats = F.embedding(idx, self.embeddings)                                     # (N,L,8,F)
-        return (w[..., None] * feats).sum(2).reshape(n, -1)
+        return (w[..., None] * feats).sum(2).reshape(n, self.out_dim)

@@ -108,6 +108,47 @@ class HybridTraining:
             return self.networks
         return dataclasses.replace(self.networks, deformation=None)
 
+    # ---- the trainer's tensors and the avatar it poses -------------------------------------------
+    def trainer_tensors(self, avatar: Any, body: Any, betas: torch.Tensor,
+                        expression: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The learnable tensors and fixed buffers of `avatar`'s Gaussians (the converted NeRF):
+        the free Gaussians' geometry (their colour and opacity are the field's), and the
+        mesh-bound Gaussians as the original's (`paper_bound`) or as they are."""
+        f, b = avatar.free, avatar.bound
+        params = {"free.means": f.means, "free.quats": f.quats, "free.log_scales": f.log_scales}
+        buffers = {"free.skin_joints": f.skin_joints, "free.skin_weights": f.skin_weights}
+        if self.config.paper_bound:
+            paper = paper_bound_tensors(body, betas, expression)
+            params.update({k: paper[k] for k in BOUND_PARAMS})
+            buffers.update({k: paper[k] for k in BOUND_BUFFERS})
+        else:
+            params.update({"bound.offsets": b.offsets, "bound.quats": b.quats, "bound.log_scales": b.log_scales,
+                           "bound.opacity_logits": b.opacity_logits})
+            buffers.update({"bound.faces": b.faces, "bound.barycentric": b.barycentric, "bound.colors": b.colors})
+        return params, buffers
+
+    def avatar(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], body: Any,
+               betas: torch.Tensor, stage: Any, meta: Any = None) -> Any:
+        """The avatar to pose at `stage` (differentiable in the parameters and the networks)."""
+        from ..avatar import Avatar, AvatarMeta, BoundGaussians, FreeGaussians
+
+        means = params["free.means"]
+        n = len(means)
+        unused = torch.zeros(n, device=means.device)   # colour and opacity: the field's
+        free = FreeGaussians(means=means, quats=params["free.quats"], log_scales=params["free.log_scales"],
+                             opacity_logits=unused, colors=unused[:, None].expand(n, 3),
+                             skin_joints=buffers["free.skin_joints"], skin_weights=buffers["free.skin_weights"])
+        tensors = {**params, **buffers}
+        if self.config.paper_bound:
+            bound = paper_bound_from(tensors).gaussians()
+        else:
+            bound = BoundGaussians(faces=tensors["bound.faces"], barycentric=tensors["bound.barycentric"],
+                                   offsets=tensors["bound.offsets"], quats=tensors["bound.quats"],
+                                   log_scales=tensors["bound.log_scales"], opacity_logits=tensors["bound.opacity_logits"],
+                                   colors=tensors["bound.colors"])
+        return Avatar(body=body, betas=betas, free=free, bound=bound, meta=meta or AvatarMeta(name="training"),
+                      networks=self.networks_for(stage))
+
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The networks' shapes and values (enough for `from_state`)."""
