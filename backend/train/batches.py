@@ -125,22 +125,34 @@ class BatchMaker:
         self.betas = betas.detach().to(body.device)
         self.fixed_views = fixed_views
         self.skeleton = SkeletonRenderer(body, config.skeleton)
-        self.cameras = CameraSampler(config.cameras, config.resolution, config.resolution)
-        self.poses = PoseSampler(config.poses, body.num_expression, config.expression)
+        self.stages = {s.name: s for s in config.stages()}
+        self._cameras: dict[int, CameraSampler] = {}
+        hands = {side: body.hand_pca(side) for side in ("left", "right")}
+        self.poses = PoseSampler(config.poses, body.num_expression, config.expression, hand_basis=hands)
+
+    def cameras(self, resolution: int) -> CameraSampler:
+        if resolution not in self._cameras:
+            self._cameras[resolution] = CameraSampler(self.config.cameras, resolution, resolution)
+        return self._cameras[resolution]
 
     @classmethod
     def on_cpu(cls, config: TrainConfig, betas: np.ndarray) -> "BatchMaker":
         return cls(config, BodyModel.load(config.body_model, "cpu"), torch.as_tensor(betas, dtype=torch.float32))
 
     def make(self, step: int, stage: str, controls: bool = True) -> Batch:
+        """The batch of iteration `step` in the stage named `stage` (its pose mode and size)."""
+        if stage not in self.stages:
+            raise ValueError(f"unknown stage {stage!r}; the stages of this recipe are {', '.join(self.stages)}")
+        spec = self.stages[stage]
         rng = step_rng(self.config.seed, step)
-        params = self.poses.sample(rng, "random" if stage == "posed" else "canonical")
+        params = self.poses.sample(rng, spec.poses)
         posed = pose_body(self.body, self.betas, params)
         keypoints = self.skeleton.keypoints(posed["vertices"], posed["joints"])
         if self.fixed_views is not None:
             views = list(self.fixed_views)
         else:
-            views = [self.cameras.sample(rng, posed["vertices"], posed["joints"], posed["transforms"], keypoints)
+            cameras = self.cameras(spec.resolution)
+            views = [cameras.sample(rng, posed["vertices"], posed["joints"], posed["transforms"], keypoints)
                      for _ in range(self.config.views)]
         backgrounds = np.stack([background_color(self.config.background, rng) for _ in views])
         images = None
