@@ -129,6 +129,8 @@ class BatchMaker:
         self._cameras: dict[int, CameraSampler] = {}
         hands = {side: body.hand_pca(side) for side in ("left", "right")}
         self.poses = PoseSampler(config.poses, body.num_expression, config.expression, hand_basis=hands)
+        if config.poses.vposer:
+            self.poses.vposer()  # a missing or wrong file fails now, naming it, not in a worker later
 
     def cameras(self, resolution: int) -> CameraSampler:
         if resolution not in self._cameras:

@@ -144,7 +144,8 @@ def relaxed_hands(curl: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
 def normal_prior(rng: np.random.Generator, sigma: float = 0.5) -> np.ndarray:
     """The project's body-pose prior (21, 3): each axis normal around the rest pose with a
     standard deviation of `sigma` times the joint-limit table's extent on each side of it
-    (so the limits sit at 2 sigma with the default), truncated to the limits.
+    (so the limits sit at 2 sigma with the default; an axis that bends one way only, like a
+    knee, draws from the half-normal on that side), truncated to the limits.
 
     It stands in for VPoser, whose samples (z ~ N(0, I)) are mostly near the rest pose with a
     spread set by real motion capture. Like it, most samples here are moderate poses around
@@ -153,6 +154,8 @@ def normal_prior(rng: np.random.Generator, sigma: float = 0.5) -> np.ndarray:
     lo, hi = LIMITS[..., 0], LIMITS[..., 1]
     centre = np.clip(0.0, lo, hi)
     z = rng.normal(0.0, 1.0, lo.shape)
+    # an axis that can move one way only (a knee) folds the normal onto that side
+    z = np.where(centre - lo <= 0, np.abs(z), np.where(hi - centre <= 0, -np.abs(z), z))
     side = np.where(z > 0, hi - centre, centre - lo)
     return np.clip(centre + z * sigma * side, lo, hi)
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..motion.rotations import mat_to_quat, quat_to_aa
+from .errors import TrainingError
 
 LATENT = 32
 HIDDEN = 512
@@ -39,7 +40,7 @@ CONVERT_HINT = ("convert it once where you trust the file: python -c \"import to
                 "if 'decoder_net' in k}, 'vposer_v2_decoder.safetensors')\"")
 
 
-class VPoserError(ValueError):
+class VPoserError(TrainingError):
     """A VPoser file that cannot be used; the message names the file and what is wrong."""
 
 
