@@ -436,8 +436,10 @@ def test_resume_checks_the_settings(tiny_dir, tmp_path, models):
         run_training(config, tmp_path / "r", models=models)
 
 
-def test_time_budget_stops_the_run_and_saves_the_avatar(tiny_dir, tmp_path, models):
-    config = tiny_config(tiny_dir, steps=10_000, time_budget=6.0)
+@pytest.mark.parametrize("recipe", ["fast", "dreamwaltz-g"])
+def test_time_budget_stops_the_run_and_saves_the_avatar(recipe, tiny_dir, tmp_path, models):
+    extra = {"recipe": "dreamwaltz-g", "init": "template"} if recipe == "dreamwaltz-g" else {}
+    config = tiny_config(tiny_dir, steps=10_000, time_budget=6.0, **extra)
     t0 = time.perf_counter()
     folder = run_training(config, tmp_path / "budget", models=models)
     assert 5.0 < time.perf_counter() - t0 < 30

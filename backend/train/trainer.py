@@ -45,7 +45,7 @@ from .cameras import View, front_camera
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .errors import TrainingError
-from .nerf_stage import NerfStage
+from .nerf_stage import UNAVAILABLE as NERF_UNAVAILABLE, NerfStage, nerf_available
 from .recipes import Stage
 from .stages import Schedule, template_avatar
 from .strategy import DensifyStrategy, ParamEditor, scene_scale_of
@@ -176,6 +176,8 @@ class Trainer:
         # a recipe with NeRF stages trains the field first and converts it to Gaussians after them
         self.nerf: NerfStage | None = None
         self.phase = "nerf" if any(s.kind == "nerf" for s in self.stages.values()) else "gaussians"
+        if self.phase == "nerf" and not nerf_available():
+            raise TrainingError(NERF_UNAVAILABLE)
         maker = BatchMaker(c, self.body, self.betas, self.fixed_views)
         self.poses = maker.poses
         workers = default_workers(self.device) if c.workers < 0 else c.workers
