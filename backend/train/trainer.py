@@ -343,6 +343,7 @@ class Trainer:
         log.info("iteration %d: the NeRF became %d free and %d mesh-bound Gaussians", self.step_index,
                  len(avatar.free.means), len(avatar.bound.faces))
         self._set_gaussians(avatar)
+        self.strategy = DensifyStrategy(self.config.densify, self.scene_scale)
         self.nerf.close()
         self.nerf = None
         self.phase = "gaussians"
