@@ -466,3 +466,29 @@ def test_each_recipe_runs_end_to_end_and_resumes_exactly_across_every_stage_boun
         assert torch.equal(a[key], b[key]), key
     summary = json.loads((parts / "train.json").read_text())
     assert summary["iterations"] == config.total_steps
+
+
+@pytest.mark.gpu
+def test_dreamwaltz_g_recipe_on_cuda_resumes_across_its_stages(tiny_dir, tmp_path):
+    """The paper's recipe on the GPU (gsplat, fp32 models with CUDA graphs, batch workers), a few
+    iterations per stage, cancelled and resumed at a stage boundary."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from backend.avatar import load_avatar
+    from backend.train.nerf_stage import nerf_available
+
+    steps = {"canonical": 6, "canonical-r": 6, "random-pose": 6}
+    extra: dict = {"init": "template"}
+    if nerf_available():
+        steps.update({"nerf-64": 3, "nerf-128": 3, "nerf-256": 3, "nerf-512": 3})
+        extra = {}
+    config = _tiny(tiny_dir, recipe="dreamwaltz-g", stage_steps=steps, resolution=64, device="cuda", workers=2,
+                   **extra)
+    boundary = config.total_steps - 12
+    state = {"step": 0}
+    with pytest.raises(TrainingCancelled):
+        run_training(config, tmp_path / "gpu", should_cancel=lambda: state["step"] >= boundary,
+                     progress_cb=lambda stage, step, total, **kw: state.update(step=step))
+    folder = run_training(config, tmp_path / "gpu", resume=True)
+    avatar = load_avatar(folder, device="cuda")
+    assert torch.isfinite(avatar.free.means).all() and avatar.num_gaussians > 0
