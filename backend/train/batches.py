@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -31,9 +31,11 @@ import torch
 from ..body import BodyModel
 from .cameras import CameraSampler, View
 from ..render.core import upload
-from .config import TrainConfig
 from .poses import PoseSampler, to_torch
 from .skeleton import SkeletonRenderer
+
+if TYPE_CHECKING:  # the config imports the NeRF package, which uses this module
+    from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 

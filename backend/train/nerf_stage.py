@@ -52,6 +52,7 @@ class NerfStage:
         if trainer.device.type == "cuda":
             kw["fused"] = True
         self.optimizer = torch.optim.Adam(self.stage.param_groups(), **kw)
+        self.optimizer.zero_grad(set_to_none=True)  # a field fresh from pretraining may carry its last gradients
 
     def train_step(self, step: int, spec: Any) -> torch.Tensor:
         """Iteration `step` of a NeRF stage `spec`; returns the loss (detached)."""

@@ -171,8 +171,6 @@ class PoseSampler:
         self.hand_basis = hand_basis
         self._library: np.ndarray | None = None  # (N, 55, 3)
         self._vposer: Any = None
-        if config.hand_pca and hand_basis is None:
-            raise ValueError("poses.hand_pca needs the body model's hand components")
         if config.hand_pca and hand_basis is not None:
             have = min(np.asarray(c).shape[0] for c, _ in hand_basis.values())
             if config.hand_pca > have:
@@ -225,6 +223,8 @@ class PoseSampler:
         """Hand gestures: `hand_pca` coefficients ~ N(0, hand_pca_sigma) per hand on the body
         model's hand components, around its mean hand."""
         c = self.config
+        if self.hand_basis is None:
+            raise ValueError("poses.hand_pca needs the body model's hand components (PoseSampler(hand_basis=...))")
         out = []
         for side in ("left", "right"):
             comps, mean = self.hand_basis[side]
