@@ -13,6 +13,7 @@ before every chunk.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -191,6 +192,8 @@ def render_frames(scene: Any, frames: list[int], out: str | None = None) -> tupl
             continue
         folder, name = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
+        for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.partial")):
+            os.unlink(stale)  # left by a task that was killed while writing this frame
         scene.frame_set(frame)
         bpy.ops.render.render()
         tmp = os.path.join(folder, f".{name}.{os.getpid()}.partial")
