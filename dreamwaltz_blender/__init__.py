@@ -25,14 +25,22 @@ def _classes() -> tuple:
 
 
 def register() -> None:
+    """Refuses (with the Blender it needs) below the minimum version, before registering anything."""
     import bpy
 
-    from . import create, engine, shape
+    from . import compat
+
+    reason = compat.unsupported_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    from . import create, engine, menus, paths, shape
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     shape.register()
     create.register()
+    menus.register()
+    paths.register()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.add(engine.DreamWaltzRenderEngine.bl_idname)
 
@@ -40,9 +48,11 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import create, engine, session, shape
+    from . import create, engine, menus, paths, session, shape
 
     session.shutdown()
+    paths.unregister()
+    menus.unregister()
     create.unregister()
     shape.unregister()
     for panel in engine.compatible_panels():
