@@ -24,7 +24,8 @@ from bpy.props import StringProperty
 
 from . import session
 from .client import resolve_python
-from .path_map import PathMapError, current, worker_path
+from .compositing import PLATE_KEY
+from .path_map import PathMapError, current, is_foreign_absolute, map_path
 from .rig import AVATAR_KEY, OBJECT_KEY, is_avatar_rig
 
 AVATAR_FILES = ("avatar.json", "gaussians.safetensors")
@@ -44,23 +45,23 @@ class ExternalFile:
     problem: str | None = None
 
 
-def _blend_dir() -> str | None:
-    return os.path.dirname(bpy.data.filepath) or None
-
-
-def _resolve(path: str) -> tuple[str, str | None]:
-    """(where this machine finds `path`, a problem that stops a worker resolving it)."""
-    resolved = worker_path(path, _blend_dir())
-    if path.startswith("//") and _blend_dir() is None:
-        return resolved, "relative to the .blend, but the shot is not saved"
+def _resolve(path: str, library: Any = None) -> tuple[str, str | None]:
+    """(where this machine finds `path`, a problem that stops a worker resolving it). `//` paths
+    are relative to the .blend (or the library a linked datablock comes from); others go through
+    $DREAMWALTZ_PATH_MAP."""
+    if path.startswith("//"):
+        if library is None and not bpy.data.filepath:
+            return path, "relative to the .blend, but the shot is not saved"
+        return os.path.normpath(bpy.path.abspath(path, library=library)), None
+    resolved = map_path(path, current())
     if not os.path.isabs(resolved):
-        hint = " (a Windows path: map it with $DREAMWALTZ_PATH_MAP)" if ":" in resolved[:3] or "\\" in resolved else ""
+        hint = " (another system's path: map it with $DREAMWALTZ_PATH_MAP)" if is_foreign_absolute(resolved) else ""
         return resolved, f"not an absolute path here{hint}; a worker resolves it against its own working folder"
     return resolved, None
 
 
-def _file(kind: str, owner: str, path: str, folder: bool = False) -> ExternalFile:
-    resolved, problem = _resolve(path)
+def _file(kind: str, owner: str, path: str, folder: bool = False, library: Any = None) -> ExternalFile:
+    resolved, problem = _resolve(path, library)
     if problem is None:
         if folder and not os.path.isdir(resolved):
             problem = "does not exist" if not os.path.exists(resolved) else "is not a folder"
@@ -70,7 +71,7 @@ def _file(kind: str, owner: str, path: str, folder: bool = False) -> ExternalFil
 
 
 def _avatar(obj: Any) -> tuple[ExternalFile, dict | None]:
-    entry = _file("avatar", obj.name, str(obj[AVATAR_KEY]), folder=True)
+    entry = _file("avatar", obj.name, str(obj[AVATAR_KEY]), folder=True, library=_library(obj))
     if entry.problem:
         return entry, None
     missing = [n for n in AVATAR_FILES if not os.path.isfile(os.path.join(entry.resolved, n))]
@@ -86,15 +87,21 @@ def _avatar(obj: Any) -> tuple[ExternalFile, dict | None]:
     return entry, meta.get("body_model") if isinstance(meta, dict) else None
 
 
+def _library(block: Any) -> Any:
+    return getattr(getattr(block, "original", block), "library", None)
+
+
 def _datablock_files() -> list[ExternalFile]:
     files = []
     for clip in bpy.data.movieclips:
         if clip.users and clip.filepath:
-            files.append(_file("plate", clip.name, clip.filepath))
+            kind = "plate" if clip.get(PLATE_KEY) else "movie clip"
+            files.append(_file(kind, clip.name, clip.filepath, library=clip.library))
     for image in bpy.data.images:
         if image.users and image.source in {"FILE", "SEQUENCE", "MOVIE"} and image.packed_file is None \
                 and image.filepath:
-            files.append(_file("image", image.name, image.filepath))
+            kind = "plate" if image.get(PLATE_KEY) else "image"
+            files.append(_file(kind, image.name, image.filepath, library=image.library))
     for lib in bpy.data.libraries:
         files.append(_file("linked blend", lib.name, lib.filepath))
     return files
@@ -140,7 +147,7 @@ def shot_files(context: Any) -> list[ExternalFile]:
                 needs_smplx.append((obj.name, model))
         elif OBJECT_KEY in obj:
             gaussians = True
-            files.append(_file("gaussian ply", obj.name, str(obj[OBJECT_KEY])))
+            files.append(_file("gaussian ply", obj.name, str(obj[OBJECT_KEY]), library=_library(obj)))
     files += _datablock_files()
     if gaussians or scene.render.engine == "DREAMWALTZ":
         files.append(_body_model(context, needs_smplx))
@@ -166,7 +173,7 @@ def apply_path_map(data: Any) -> list[tuple[str, str]]:
         old = getattr(block, "filepath", "")
         if not old or old.startswith("//") or getattr(block, "packed_file", None) is not None:
             continue
-        new = worker_path(old)
+        new = map_path(old, current())
         if new != old:
             block.filepath = new
             if hasattr(block, "reload"):

@@ -31,6 +31,14 @@ def _is_windows(path: str) -> bool:
     return bool(_WINDOWS.match(path)) or ("\\" in path and "/" not in path)
 
 
+def is_foreign_absolute(path: str) -> bool:
+    """An absolute path of the other family of systems (a Windows drive or UNC path here on
+    Linux or macOS, a POSIX path on Windows): only the path map can resolve it here."""
+    if os.name == "nt":
+        return path.startswith("/") and not path.startswith("//")
+    return bool(re.match(r"^([A-Za-z]:[\\/]|\\\\)", path))
+
+
 def parse(text: str | None) -> list[tuple[str, str]]:
     """(FROM, TO) pairs, longest FROM first."""
     text = (text or "").strip()

@@ -85,7 +85,9 @@ def farm_shot(tmp_path_factory, body) -> Shot:
         bpy.ops.render.render(animation=True)
         arm["dreamwaltz_avatar"] = "P:\\\\dw\\\\assets\\\\avatar"
         statue["dreamwaltz_ply"] = "P:\\\\dw\\\\assets\\\\statue.ply"
-        bpy.data.movieclips[0].filepath = "P:\\\\dw\\\\assets\\\\plate\\\\plate_0001.png"
+        for plate in [*bpy.data.movieclips, *bpy.data.images]:
+            if plate.get("dreamwaltz_plate"):
+                plate.filepath = "P:\\\\dw\\\\assets\\\\plate\\\\plate_0001.png"
         bpy.ops.wm.save_as_mainfile(filepath={str(mapped)!r}, copy=True)
         result["size"] = [scene.render.resolution_x, scene.render.resolution_y]
     """, root)

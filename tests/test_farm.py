@@ -38,6 +38,19 @@ def test_frame_ranges_chunks_and_their_text():
             parse_frames(bad)
 
 
+def test_the_path_map_maps_whole_components_across_systems():
+    from dreamwaltz_blender.path_map import PathMapError, map_path, parse
+
+    pairs = parse("P:\\=/mnt/show/;P:\\avatars=/fast/avatars;/Volumes/show/=/mnt/show/")
+    assert map_path("P:\\shots\\a\\plate.png", pairs) == "/mnt/show/shots/a/plate.png"
+    assert map_path("p:/Avatars/chef", pairs) == "/fast/avatars/chef", "longest FROM first; Windows ignores case"
+    assert map_path("/Volumes/show/x.ply", pairs) == "/mnt/show/x.ply"
+    assert map_path("/Volumes/showreel/x.ply", pairs) == "/Volumes/showreel/x.ply", "whole components only"
+    assert map_path("/mnt/show/a/b", parse('{"/mnt/show": "Q:\\\\show"}')) == "Q:\\show\\a\\b"
+    with pytest.raises(PathMapError, match="is not FROM=TO"):
+        parse("P:\\ /mnt/show")
+
+
 def test_bad_farm_inputs_are_one_clear_error(tmp_path, farm_shot):
     empty = tmp_path / "prompts.txt"
     empty.write_text("# nothing yet\n\n")
@@ -194,7 +207,7 @@ def test_farm_check_lists_what_the_shot_needs_and_the_path_map_resolves_it(tmp_p
                 return str(exc)
         def state():
             return sorted((o.name, str(o.get("dreamwaltz_avatar") or o.get("dreamwaltz_ply") or ""))
-                          for o in bpy.data.objects) + [c.filepath for c in bpy.data.movieclips]
+                          for o in bpy.data.objects) + [c.filepath for c in [*bpy.data.movieclips, *bpy.data.images]]
         bpy.ops.wm.open_mainfile(filepath={str(farm_shot.blend)!r})
         result["plain"] = check(report_path={str(report)!r})
         bpy.ops.wm.open_mainfile(filepath={str(farm_shot.mapped_blend)!r})
@@ -226,12 +239,12 @@ def test_farm_check_lists_what_the_shot_needs_and_the_path_map_resolves_it(tmp_p
             ("plate", str(assets / "plate" / "plate_0001.png")), ("backend python", sys.executable)} <= listed
     assert any(kind == "body model" for kind, _ in listed)
     unmapped = result["unmapped"]
-    assert "3 of 5 files" in unmapped and "P:\\dw\\assets\\avatar" in unmapped and "DREAMWALTZ_PATH_MAP" in unmapped
+    assert "4 of 6 files" in unmapped and "P:\\dw\\assets\\avatar" in unmapped and "DREAMWALTZ_PATH_MAP" in unmapped
     assert result["unchanged"], "the check changes nothing in the scene"
     assert result["mapped"] is None
     resolved = {f["kind"]: f["resolved"] for f in result["files"]}
     assert resolved["avatar"] == str(assets / "avatar") and resolved["plate"] == str(assets / "plate" / "plate_0001.png")
-    assert [new for _, new in result["changed"]] == [str(assets / "plate" / "plate_0001.png")]
+    assert [new for _, new in result["changed"]] == [str(assets / "plate" / "plate_0001.png")] * 2
     broken = result["broken"]
-    assert "2 of 5 files" in broken and "gone.ply (does not exist)" in broken and "working folder" in broken
+    assert "2 of 6 files" in broken and "gone.ply (does not exist)" in broken and "working folder" in broken
     assert "movie" in result["movie"] and not (tmp_path / "movie").exists()

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import CommandError, run
+from .common import CommandError
 
 
 def _split_train_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -195,16 +195,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--python", default=None, metavar="PY",
                    help="default backend interpreter of the train job type (default: this one)")
 
-    def dispatch(args: argparse.Namespace) -> int:
-        from ..farm.frames import FrameRangeError
-        from ..farm.units import FarmError
+    args = parser.parse_args(argv)
+    args.train_args = train_args
+    from ..farm.frames import FrameRangeError
+    from ..farm.units import FarmError
 
-        args.train_args = train_args
-        if train_args and getattr(args, "kind", None) not in ("train",):
+    try:  # no torch here (unlike the other commands): a submit host needs none
+        if train_args and args.kind != "train":
             raise CommandError(f"options after -- are train options; `farm {args.system} {args.kind}` takes none")
-        try:
-            return {"slurm": _slurm, "openjd": _openjd, "flamenco": _flamenco}[args.system](args)
-        except (FarmError, FrameRangeError) as exc:
-            raise CommandError(str(exc)) from exc
-
-    return run(dispatch, parser, argv)
+        return {"slurm": _slurm, "openjd": _openjd, "flamenco": _flamenco}[args.system](args)
+    except (CommandError, FarmError, FrameRangeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted (submitted jobs go on running)", file=sys.stderr)
+        return 130
