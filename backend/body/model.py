@@ -29,6 +29,9 @@ ENV_VAR = "DREAMWALTZ_SMPLX"
 TEMPLATE_MARKER = "template_kind"  # the key only the open template's generator writes
 
 
+SMPLX_BETAS, SMPLX_EXPRESSIONS = 300, 100   # at most (SMPL-X 2020); smplx keeps what a file has
+
+
 class BodyModelError(ValueError):
     """A body-model file that cannot be used; the message names the file and the problem."""
 
@@ -126,7 +129,7 @@ class BodyModel:
         loadable = path if kind == "template" else _sanitized_copy(arrays, digest)
         with contextlib.redirect_stdout(sys.stderr):  # smplx prints warnings; stdout may be the protocol
             self._smplx = smplx.SMPLX(str(loadable), ext="npz", use_pca=False, flat_hand_mean=True,
-                                      num_betas=300, num_expression_coeffs=100).to(device)
+                                      num_betas=SMPLX_BETAS, num_expression_coeffs=SMPLX_EXPRESSIONS).to(device)
         self.path = path
         self.kind = kind
         self.device = torch.device(device)
