@@ -562,3 +562,64 @@ def test_hand_and_face_sets_come_from_smplx_files_beside_the_model(body, tmp_pat
     (folder / "smplx_vert_segmentation.json").write_text(json.dumps({"leftHand": [1]}))
     with pytest.raises(SegmentationError, match="smplx_vert_segmentation.json has no leftHandIndex1"):
         part_vertices(smplx_like, "hands")
+
+
+# ---- the dreamwaltz-g recipe trains the hybrid avatar, resumed exactly across its stages -------
+
+TINY_NERF = dict(levels=6, log2_table=12, grid_size=16, max_steps=64, pretrain_steps=10, pretrain_resolution=16,
+                 pretrain_points=512, pretrain_gaussians=2000, pretrain_voxels=32, pretrain_views=1,
+                 convert_resolution=40, skin_smooth_iters=10, bound_gaussians=300, prior_points=200, prior_pool=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from backend.guidance import load_guidance_models
+    from backend.guidance.configs import write_model_folders
+
+    sd, cn = write_model_folders(tmp_path_factory.mktemp("tiny-models"))
+    return sd, cn, load_guidance_models(sd, cn, "cpu")
+
+
+def test_the_paper_recipe_trains_a_hybrid_avatar_and_resumes_exactly_across_its_stages(tiny_models, tmp_path):
+    """--recipe dreamwaltz-g: the NeRF stage, its conversion, the free Gaussians coloured by the
+    field from it, the deformation trained in the random-pose stage only; cancelled at the
+    conversion and where the deformation starts training, the resumed run saves the same avatar v2."""
+    from safetensors.torch import load_file
+
+    from backend.train import TrainingCancelled, run_training
+    from backend.train.config import TrainConfig
+
+    sd, cn, models = tiny_models
+    config = TrainConfig(prompt="a dancer in a long skirt", recipe="dreamwaltz-g", resolution=32, workers=0,
+                         sd_model=str(sd), controlnet=str(cn),
+                         stage_steps={"nerf-64": 2, "nerf-128": 0, "nerf-256": 0, "nerf-512": 0,
+                                      "canonical": 1, "canonical-r": 1, "random-pose": 2},
+                         nerf=TINY_NERF, checkpoint_every=0, preview_every=0, progress_every=0.0)
+    assert config.hybrid.enabled and not config.densify.enabled
+    whole = run_training(config, tmp_path / "whole", models=models)
+    state = {"step": 0}
+    parts = tmp_path / "parts"
+    for boundary in (2, 4):
+        with pytest.raises(TrainingCancelled) as err:
+            run_training(config, parts, resume=parts.exists(), models=models,
+                         should_cancel=lambda b=boundary: state["step"] >= b,
+                         progress_cb=lambda stage, step, total, **kw: state.update(step=step))
+        assert err.value.step == boundary
+    resumed = run_training(config, parts, resume=True, models=models)
+    a, b = load_file(str(whole / "gaussians.safetensors")), load_file(str(resumed / "gaussians.safetensors"))
+    assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    meta = json.loads((whole / "avatar.json").read_text())
+    assert meta["format_version"] == 2 and meta["networks"]["deformation"] is not None
+    assert a["networks.deformation.head.weight"].abs().sum() > 0, "the random-pose stage trained the deformation"
+    avatar = load_avatar(whole)
+    assert avatar.networks is not None and avatar.networks.field is not None
+    assert (torch.sigmoid(avatar.bound.opacity_logits) > 0.99).all() and len(avatar.bound) % 6 == 0
+    with torch.no_grad():   # posed through the one posing function, with the trained deformation
+        pose = random_pose(np.random.default_rng(3))
+        plain = pose_with_params(dataclasses.replace(avatar, networks=dataclasses.replace(
+            avatar.networks, deformation=None), cache={}), **pose)
+        deformed = pose_with_params(avatar, **pose)
+    assert not torch.equal(plain.means, deformed.means)
+    torch.testing.assert_close(plain.colors, deformed.colors)

@@ -82,7 +82,10 @@ def method_rows(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
 def expected_numbers(c: TrainConfig) -> dict[tuple[str, str], list[float] | str]:
     """Per METHOD.md row, the numbers --recipe dreamwaltz-g uses for it (from the config and the
     code it drives), or why the row's numbers are not a setting of this build."""
+    from backend.avatar.hybrid import POSE_VALUES
+    from backend.avatar.mesh_bound import OPAQUE, PER_TRIANGLE, SCALE_RANGE
     from backend.body.model import SMPLX_BETAS, SMPLX_EXPRESSIONS
+    from backend.body.segmentation import HAND_LABELS
     from backend.guidance.models import CONTROLNET_HUB_IDS, SD_HUB_IDS
     from backend.train.batches import background_color
     from backend.train.skeleton import OPENPOSE_BODY, OPENPOSE_LEFT_HAND, OPENPOSE_RIGHT_HAND
@@ -94,6 +97,8 @@ def expected_numbers(c: TrainConfig) -> dict[tuple[str, str], list[float] | str]
     body_p = 1.0 - cam.p_face - cam.p_hands
     polar = sorted(90.0 - e for e in cam.elevation_deg)
     nerf = getattr(c, "nerf", None)
+    assert c.hybrid.enabled and c.hybrid.paper_bound and c.hybrid.deform_poses == ("random", "prior")
+    deform_features = nerf.levels * nerf.features if nerf is not None else 32
     nerf_rows: dict = {}
     if nerf is not None:
         nerf_rows = {
@@ -140,9 +145,11 @@ def expected_numbers(c: TrainConfig) -> dict[tuple[str, str], list[float] | str]
         ("Cameras", "background"): [float(background_color(c.background, np.random.default_rng(0))[0])],
         ("Representation", "free Gaussians' colour and opacity"): [],
         ("Representation", "hash grid"): "the NeRF package's field settings (backend/train/nerf)",
-        ("Representation", "pose-dependent deformation"): "not in this build: no pose-dependent deformation network",
+        ("Representation", "pose-dependent deformation"):
+            [deform_features, POSE_VALUES, c.hybrid.depth, c.hybrid.width, c.hybrid.offset_scale],
         ("Representation", "skinning weights"): "the NeRF package's conversion settings (backend/train/nerf)",
-        ("Representation", "mesh-bound hands"): "not in this build: our mesh-bound Gaussians (docs/training.md)",
+        ("Representation", "mesh-bound hands"):
+            [int(HAND_LABELS[1][-1]), PER_TRIANGLE, *SCALE_RANGE, float(torch.sigmoid(torch.tensor(OPAQUE)))],
         ("Representation", "mesh-bound face (expression control)"): [],
         ("Representation", "learning rates"):
             [lr.means, lr.means * lr.means_final, lr.log_scales, lr.quats, lr.offsets, mlp, grid],

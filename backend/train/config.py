@@ -29,6 +29,7 @@ from ..guidance.sds import SDSConfig
 from ..guidance.speed import ATTENTION
 from .appearance import HashGridConfig
 from .cameras import CameraConfig
+from .hybrid import HybridConfig
 from .poses import PoseConfig
 from .recipes import Stage, check_recipe, recipe_defaults, stage_plan
 from .skeleton import SkeletonConfig
@@ -96,6 +97,8 @@ class TrainConfig:
     skeleton: SkeletonConfig | None = None   # fast: body + hands, face landmarks with expression
     hashgrid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
     lr: LearningRates | None = None
+    hybrid: HybridConfig | None = None    # dreamwaltz-g with its NeRF stages: the hybrid avatar (train/hybrid.py)
+    nerf: Any = None                      # the NeRF stages' NeRFConfig (train/nerf/config.py) where init = nerf
     # runtime
     sd_model: str | None = None
     controlnet: str | None = None
@@ -155,6 +158,29 @@ class TrainConfig:
         if self.stage_steps is not None:
             self.stage_steps = dict(self.stage_steps)
         self.stages()  # checks stage_steps
+        self._resolve_nerf_and_hybrid()
+
+    def _resolve_nerf_and_hybrid(self) -> None:
+        """The NeRF settings where the run has NeRF stages (a build without the NeRF package
+        refuses those stages when it trains), and the hybrid avatar: on by default after them."""
+        from .nerf_stage import nerf_available
+
+        if self.init == "nerf" and nerf_available() and not dataclasses.is_dataclass(self.nerf):
+            from .nerf.config import NeRFConfig
+
+            self.nerf = _build(NeRFConfig, dict(self.nerf or {}))
+        h = self.hybrid
+        if h.enabled is None:
+            h.enabled = self.init == "nerf"
+        if h.enabled:
+            if self.init != "nerf":
+                raise ValueError("hybrid.enabled needs the NeRF stages (init = nerf with --recipe dreamwaltz-g): "
+                                 "the free Gaussians' colour and opacity come from the NeRF's field")
+            if self.densify.enabled:
+                raise ValueError("hybrid.enabled keeps the Gaussian count fixed, as the original: set densify.enabled "
+                                 "= false (the free Gaussians have no opacity of their own to prune by)")
+            if self.appearance != "colors":
+                raise ValueError("hybrid.enabled takes colour from the NeRF's field; appearance must stay colors")
 
     @property
     def base_steps(self) -> int:
@@ -219,7 +245,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 
 _NESTED = {"sds": SDSConfig, "cameras": CameraConfig, "poses": PoseConfig, "densify": DensifyConfig,
-           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "lr": LearningRates}
+           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "lr": LearningRates, "hybrid": HybridConfig}
 
 
 def parse_duration(text: str | float | int | None) -> float | None:

@@ -30,7 +30,8 @@ DEFORM_GROUP = "hybrid.deformation"
 
 @dataclasses.dataclass
 class HybridConfig:
-    enabled: bool = False                 # colour and opacity from the NeRF's field (needs the NeRF stages)
+    enabled: bool | None = None           # colour and opacity from the NeRF's field (needs the NeRF stages);
+                                          # None: the recipe's (dreamwaltz-g with its NeRF stages)
     deformation: bool = True              # the pose-dependent deformation network (with enabled)
     deform_poses: tuple[str, ...] = ("random", "prior")   # it trains in stages drawing these pose modes
     depth: int = 4                        # its layers ...
@@ -128,8 +129,10 @@ class HybridTraining:
         return params, buffers
 
     def avatar(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], body: Any,
-               betas: torch.Tensor, stage: Any, meta: Any = None) -> Any:
-        """The avatar to pose at `stage` (differentiable in the parameters and the networks)."""
+               betas: torch.Tensor, stage: Any, meta: Any = None, cache: dict | None = None) -> Any:
+        """The avatar to pose at `stage` (differentiable in the parameters and the networks).
+        `cache` keeps the body's rest state across steps; the values posing caches by tensor
+        identity are dropped from it, since the mesh-bound tensors here are new every call."""
         from ..avatar import Avatar, AvatarMeta, BoundGaussians, FreeGaussians
 
         means = params["free.means"]
@@ -146,8 +149,32 @@ class HybridTraining:
                                    offsets=tensors["bound.offsets"], quats=tensors["bound.quats"],
                                    log_scales=tensors["bound.log_scales"], opacity_logits=tensors["bound.opacity_logits"],
                                    colors=tensors["bound.colors"])
-        return Avatar(body=body, betas=betas, free=free, bound=bound, meta=meta or AvatarMeta(name="training"),
-                      networks=self.networks_for(stage))
+        avatar = Avatar(body=body, betas=betas, free=free, bound=bound, meta=meta or AvatarMeta(name="training"),
+                        networks=self.networks_for(stage))
+        if cache is not None:
+            for key in ("free_constants", "bound_constants", "graphs"):
+                cache.pop(key, None)
+            avatar.cache = cache
+        return avatar
+
+    @torch.no_grad()
+    def export_avatar(self, avatar: Any, meta: Any) -> Any:
+        """`avatar` (this training's, see `avatar`) detached with normalised rotations and the
+        networks' copies; saving bakes its per-Gaussian colours and opacities from the field."""
+        import torch.nn.functional as F
+
+        def det(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().clone()
+
+        f, b = avatar.free, avatar.bound
+        free = dataclasses.replace(f, means=det(f.means), quats=F.normalize(det(f.quats), dim=-1),
+                                   log_scales=det(f.log_scales), opacity_logits=det(f.opacity_logits),
+                                   colors=det(f.colors), skin_joints=det(f.skin_joints), skin_weights=det(f.skin_weights))
+        bound = dataclasses.replace(b, **{k: det(getattr(b, k)) for k in ("faces", "barycentric", "offsets", "log_scales",
+                                                                          "opacity_logits", "colors")},
+                                    quats=F.normalize(det(b.quats), dim=-1))
+        return dataclasses.replace(avatar, betas=det(avatar.betas), free=free, bound=bound, meta=meta,
+                                   networks=self.export(), cache={})
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -204,6 +231,12 @@ class HybridTraining:
 
 # ---- the original's mesh-bound Gaussians as trainer parameters ---------------------------------
 
+def gaussian_lrs(lr: Any) -> dict[str, float]:
+    """Learning rates of the original's mesh-bound parameters: its barycentrics' (1.6e-4, the
+    mesh-bound offsets' rate in the recipe) and its scales' for the two scale factors."""
+    return {"barycentric": lr.offsets, "factors": lr.log_scales}
+
+
 BOUND_PARAMS = ("bound.barycentric", "bound.factors")
 BOUND_BUFFERS = ("bound.faces", "bound.base_scales", "bound.colors")
 
@@ -222,4 +255,4 @@ def paper_bound_from(tensors: dict[str, torch.Tensor]) -> PaperBound:
                       colors=tensors["bound.colors"])
 
 
-__all__ = ["HybridConfig", "HybridTraining", "BOUND_PARAMS", "BOUND_BUFFERS", "paper_bound_tensors", "paper_bound_from"]
+__all__ = ["HybridConfig", "HybridTraining", "gaussian_lrs", "BOUND_PARAMS", "BOUND_BUFFERS", "paper_bound_tensors", "paper_bound_from"]

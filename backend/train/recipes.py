@@ -61,7 +61,7 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     check_recipe(recipe)
     if recipe == "fast":
         return {"views": 4, "background": "random", "init": "template", "sds": {"negative_prompt": DWG_NEGATIVE}, "cameras": {},
-                "poses": {"hand_pca": 12}, "densify": {}, "lr": {}, "skeleton": {}}
+                "poses": {"hand_pca": 12}, "densify": {}, "lr": {}, "skeleton": {}, "hybrid": {"enabled": False}}
     return {
         "views": 1,
         "background": "grey",
@@ -80,6 +80,7 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
                   "canonical_r_prob": 0.5, "library": None},
         "skeleton": {"occlusion_rule": "gap", "face_gap": 0.02, "hand_gap": 0.2},
         "densify": {"enabled": False},
+        "hybrid": {},   # enabled after the NeRF stages (TrainConfig: not with init = "template")
         "lr": {"means": 1.6e-4, "means_final": 1e-2, "decay": "stage", "decay_length": 2.0, "camera_scale": True,
                "log_scales": 2.5e-3, "quats": 1e-3, "opacity": 1e-2, "colors": 1.25e-2, "offsets": 1.6e-4,
                "hashgrid": 1e-2, "mlp": 1e-3},

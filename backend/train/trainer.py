@@ -45,6 +45,7 @@ from .cameras import View, front_camera
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .errors import TrainingError
+from .hybrid import HybridTraining, gaussian_lrs
 from .nerf_stage import UNAVAILABLE as NERF_UNAVAILABLE, NerfStage, nerf_available
 from .recipes import Stage
 from .stages import Schedule, template_avatar
@@ -168,6 +169,7 @@ class Trainer:
         self.field: ColorField | None = None
         if c.appearance == "hashgrid":
             self.field = ColorField(c.hashgrid, rest.min(0).values, rest.max(0).values, self.device, seed=c.seed)
+        self.hybrid: HybridTraining | None = None   # after the NeRF stages with hybrid.enabled
         self._set_gaussians(avatar)
         self.strategy = DensifyStrategy(c.densify, self.scene_scale)
         self.stages: dict[str, Stage] = {s.name: s for s in c.stages()}
@@ -188,21 +190,23 @@ class Trainer:
         """Make `avatar`'s Gaussians the trained parameters, with a fresh optimizer."""
         c = self.config
         f, b = avatar.free, avatar.bound
-        p = {
-            "free.means": f.means, "free.quats": f.quats, "free.log_scales": f.log_scales,
-            "free.opacity_logits": f.opacity_logits,
-            "bound.offsets": b.offsets, "bound.quats": b.quats, "bound.log_scales": b.log_scales,
-            "bound.opacity_logits": b.opacity_logits,
-        }
-        if c.appearance == "colors":
-            p["free.color_logits"] = _logit(f.colors)
-            p["bound.color_logits"] = _logit(b.colors)
+        if self.hybrid is not None:
+            p, buffers = self.hybrid.trainer_tensors(avatar, self.body, self.betas, c.expression)
+        else:
+            p = {
+                "free.means": f.means, "free.quats": f.quats, "free.log_scales": f.log_scales,
+                "free.opacity_logits": f.opacity_logits,
+                "bound.offsets": b.offsets, "bound.quats": b.quats, "bound.log_scales": b.log_scales,
+                "bound.opacity_logits": b.opacity_logits,
+            }
+            if c.appearance == "colors":
+                p["free.color_logits"] = _logit(f.colors)
+                p["bound.color_logits"] = _logit(b.colors)
+            buffers = {"free.skin_joints": f.skin_joints, "free.skin_weights": f.skin_weights,
+                       "bound.faces": b.faces, "bound.barycentric": b.barycentric}
         self.params = {k: torch.nn.Parameter(v.detach().clone().float().contiguous().to(self.device))
                        for k, v in p.items()}
-        self.buffers = {"free.skin_joints": f.skin_joints.clone().to(self.device),
-                        "free.skin_weights": f.skin_weights.clone().to(self.device),
-                        "bound.faces": b.faces.clone().to(self.device),
-                        "bound.barycentric": b.barycentric.clone().to(self.device)}
+        self.buffers = {k: v.detach().clone().to(self.device) for k, v in buffers.items()}
         self.optimizer = self._make_optimizer()
         self.editor = ParamEditor(self.params, self.buffers, self.optimizer)
         self._pose_cache: dict = {}
@@ -210,8 +214,10 @@ class Trainer:
     def _lr_groups(self) -> list[dict[str, Any]]:
         lr = self.config.lr
         table = {"means": lr.means, "quats": lr.quats, "log_scales": lr.log_scales, "opacity_logits": lr.opacity,
-                 "color_logits": lr.colors, "offsets": lr.offsets}
+                 "color_logits": lr.colors, "offsets": lr.offsets, **gaussian_lrs(lr)}
         groups = [{"params": [p], "lr": table[name.split(".", 1)[1]], "name": name} for name, p in self.params.items()]
+        if self.hybrid is not None:
+            groups += self.hybrid.param_groups(lr)
         if self.field is not None:
             if self.field.backend == "tcnn":
                 groups.append({"params": list(self.field.parameters()), "lr": lr.hashgrid, "name": "field.net"})
@@ -246,6 +252,8 @@ class Trainer:
                 g["lr"] = g["base_lr"] * (lr.means_final ** frac) * scale
             elif g["name"] in ("free.log_scales", "bound.log_scales") and lr.camera_scale:
                 g["lr"] = g["base_lr"] * scale
+        if self.hybrid is not None:
+            self.hybrid.set_lrs(self.optimizer, self.stage(step))
 
     # ------------------------------------------------------------------------------------------
     # avatar views of the parameters
@@ -263,6 +271,9 @@ class Trainer:
 
     def avatar(self) -> Avatar:
         """The current avatar (differentiable w.r.t. the parameters)."""
+        if self.hybrid is not None:
+            return self.hybrid.avatar(self.params, self.buffers, self.body, self.betas, self.stage(),
+                                      cache=self._pose_cache)
         p, b = self.params, self.buffers
         fc, bc = self.colors()
         free = FreeGaussians(means=p["free.means"], quats=p["free.quats"], log_scales=p["free.log_scales"],
@@ -344,6 +355,9 @@ class Trainer:
         avatar = self.nerf_stage().to_gaussians()
         log.info("iteration %d: the NeRF became %d free and %d mesh-bound Gaussians", self.step_index,
                  len(avatar.free.means), len(avatar.bound.faces))
+        if self.config.hybrid.enabled:
+            self.hybrid = HybridTraining.from_nerf(self.config.hybrid, self.nerf.stage,
+                                                   self.nerf.stage.canonical_params["body_pose"])
         self._set_gaussians(avatar)
         self.strategy = DensifyStrategy(self.config.densify, self.scene_scale)
         self.nerf.close()
@@ -443,6 +457,7 @@ class Trainer:
             "buffers": dict(self.buffers),
             "field": None if self.field is None else self.field.state_dict(),
             "field_backend": None if self.field is None else self.field.backend,
+            "hybrid": None if self.hybrid is None else self.hybrid.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(),
             "rng": {"torch": self.torch_gen.get_state()},
@@ -468,6 +483,8 @@ class Trainer:
         self.buffers.update({k: v.to(self.device) for k, v in state["buffers"].items()})
         if self.field is not None:
             self.field.load_state_dict(state["field"])
+        saved = state.get("hybrid")
+        self.hybrid = None if saved is None else HybridTraining.from_state(self.config.hybrid, saved, self.device)
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         for g in self.optimizer.param_groups:  # load_state_dict restores the saved lrs; keep the bases
@@ -564,11 +581,13 @@ class Trainer:
 
     @property
     def num_gaussians(self) -> int:
-        return int(self.params["free.means"].shape[0] + self.params["bound.offsets"].shape[0])
+        return int(self.params["free.means"].shape[0] + self.buffers["bound.faces"].shape[0])
 
     @torch.no_grad()
     def export_avatar(self) -> Avatar:
         """The avatar with baked colours and normalised rotations, detached."""
+        if self.hybrid is not None:
+            return self.hybrid.export_avatar(self.avatar(), self._meta())
         a = self.avatar()
         def det(t: torch.Tensor) -> torch.Tensor:
             return t.detach().clone()
