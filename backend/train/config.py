@@ -30,6 +30,7 @@ from ..guidance.speed import ATTENTION
 from .appearance import HashGridConfig
 from .cameras import CameraConfig
 from .hybrid import HybridConfig
+from .nerf.config import NeRFConfig
 from .poses import PoseConfig
 from .recipes import Stage, check_recipe, recipe_defaults, stage_plan
 from .skeleton import SkeletonConfig
@@ -96,9 +97,9 @@ class TrainConfig:
     densify: DensifyConfig | None = None
     skeleton: SkeletonConfig | None = None   # fast: body + hands, face landmarks with expression
     hashgrid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
+    nerf: NeRFConfig = dataclasses.field(default_factory=NeRFConfig)
     lr: LearningRates | None = None
     hybrid: HybridConfig | None = None    # dreamwaltz-g with its NeRF stages: the hybrid avatar (train/hybrid.py)
-    nerf: Any = None                      # the NeRF stages' NeRFConfig (train/nerf/config.py) where init = nerf
     # runtime
     sd_model: str | None = None
     controlnet: str | None = None
@@ -158,17 +159,10 @@ class TrainConfig:
         if self.stage_steps is not None:
             self.stage_steps = dict(self.stage_steps)
         self.stages()  # checks stage_steps
-        self._resolve_nerf_and_hybrid()
+        self._check_hybrid()
 
-    def _resolve_nerf_and_hybrid(self) -> None:
-        """The NeRF settings where the run has NeRF stages (a build without the NeRF package
-        refuses those stages when it trains), and the hybrid avatar: on by default after them."""
-        from .nerf_stage import nerf_available
-
-        if self.init == "nerf" and nerf_available() and not dataclasses.is_dataclass(self.nerf):
-            from .nerf.config import NeRFConfig
-
-            self.nerf = _build(NeRFConfig, dict(self.nerf or {}))
+    def _check_hybrid(self) -> None:
+        """The hybrid avatar: on by default after the NeRF stages, and only there."""
         h = self.hybrid
         if h.enabled is None:
             h.enabled = self.init == "nerf"
@@ -245,7 +239,8 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 
 _NESTED = {"sds": SDSConfig, "cameras": CameraConfig, "poses": PoseConfig, "densify": DensifyConfig,
-           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "lr": LearningRates, "hybrid": HybridConfig}
+           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "nerf": NeRFConfig, "lr": LearningRates,
+           "hybrid": HybridConfig}
 
 
 def parse_duration(text: str | float | int | None) -> float | None:
