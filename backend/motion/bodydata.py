@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..safe_numpy import ArrayFileError, open_npz
 from .errors import MotionError
 
 SHAPE_SPACE_DIM = 300       # as in smplx: shapedirs beyond this many columns are expressions
@@ -20,13 +21,15 @@ class NpzBody:
 
     def __init__(self, path):
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open_npz(path) as z:
                 self._hands = {side: (np.asarray(z[f"hands_components{side[0]}"], np.float64),
                                       np.asarray(z[f"hands_mean{side[0]}"], np.float64).reshape(-1))
                                for side in ("left", "right")}
                 self._J = np.asarray(z["J_regressor"], np.float64)
                 self._v = np.asarray(z["v_template"], np.float64)
                 dirs = np.asarray(z["shapedirs"], np.float64)
+        except ArrayFileError as exc:
+            raise MotionError(exc.path, exc.key, message=exc.problem) from None
         except (OSError, ValueError, KeyError) as exc:
             raise MotionError(path, None, "an SMPL-X .npz (hands_components*, hands_mean*, "
                               "J_regressor, v_template, shapedirs)", str(exc)) from None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...safe_numpy import open_npz
 from ..errors import MotionError
 from ..types import FRAME_FIELDS, CameraTrack, Motion
 from ._common import LoadContext, require, scalar, text
@@ -67,7 +68,7 @@ def _write_atomic(path: Path, arrays: dict) -> None:
 
 
 def load(path, ctx: LoadContext) -> Motion:
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path) as z:
         version = int(scalar(require(z, MARKER, path), MARKER, path))
         if version > FORMAT_VERSION:
             raise MotionError(path, MARKER, f"format version <= {FORMAT_VERSION}",
