@@ -33,6 +33,3 @@ DECODE_BUDGET_FACTOR = 4
 DECODE_BUDGET_BASE = 64 << 20
 """Arrays a pickle's torch stand-ins may materialise: 4 × the file size + 64 MiB in all
 (strides can repeat a small storage; the file size bounds everything else)."""
-
-JSON_MAX_DEPTH = 32
-"""Nesting of one protocol message (a render request nests 5 deep)."""

@@ -157,10 +157,20 @@ class _Mapping:
                 resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
             self.buf = self._shm.buf
 
-    def array(self, spec: dict) -> np.ndarray:
-        shape = tuple(int(s) for s in spec["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
-        return np.frombuffer(self.buf, dtype=spec["dtype"], count=count, offset=int(spec["offset"])).reshape(shape)
+    def array(self, spec: dict, dtypes: Any = ("float32", "float16", "int32", "int64", "uint8")) -> np.ndarray:
+        """The array a reply's spec names, checked against the block (a bad spec is a ValueError)."""
+        try:
+            shape = tuple(int(s) for s in spec["shape"])
+            dtype = np.dtype(spec["dtype"]) if spec["dtype"] in dtypes else None
+            offset = int(spec["offset"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a malformed array spec from the backend: {str(spec)[:200]}") from None
+        count = 1
+        for s in shape:
+            count *= s
+        if dtype is None or min(shape, default=0) < 0 or offset < 0 or offset + count * dtype.itemsize > len(self.buf):
+            raise ValueError(f"an array spec that does not fit its block {self.name}: {str(spec)[:200]}")
+        return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
     def close(self) -> None:
         try:
@@ -445,21 +455,26 @@ class BackendClient:
 
     # ---- reading -----------------------------------------------------------------------
     def _read_loop(self, proc: subprocess.Popen) -> None:
+        """Deliver each line the backend writes; a line that is not a valid message (NaN, deep
+        nesting, garbage: decoded by the protocol's own rules) is logged and skipped, so
+        nothing the backend writes stops this thread."""
+        P = self.protocol
         stream = proc.stdout
         assert stream is not None
         try:
-            for line in iter(stream.readline, b""):
+            for line in iter(lambda: stream.readline(P.MAX_LINE_BYTES + 1), b""):
                 try:
-                    msg = json.loads(line)
-                except ValueError:
-                    log.warning("backend wrote a line that is not JSON: %r", line[:200])
+                    msg = P.decode(line)
+                except P.ProtocolError as exc:
+                    log.warning("backend wrote a line that is not a valid message (%s): %r", exc.message, line[:200])
                     continue
-                if not isinstance(msg, dict):
-                    continue
-                if "event" in msg:
-                    self._deliver_event(msg)
-                    continue
-                self._deliver_reply(msg)
+                try:
+                    if "event" in msg:
+                        self._deliver_event(msg)
+                    else:
+                        self._deliver_reply(msg)
+                except Exception:  # noqa: BLE001 - a malformed message must not end the reader
+                    log.exception("could not deliver a backend message: %r", line[:200])
         except (OSError, ValueError):
             pass
         self._on_exit(proc)
@@ -478,7 +493,8 @@ class BackendClient:
         if msg.get("ok") is True:
             msg.pop("id", None)
             msg.pop("ok", None)
-            for spec in (msg.get("arrays") or {}).values():
+            arrays = msg.get("arrays")
+            for spec in (arrays.values() if isinstance(arrays, dict) else ()):
                 if isinstance(spec, dict) and isinstance(spec.get("shm"), str):
                     self._seen_blocks.add(spec["shm"])
             fut.set_result(msg)
@@ -648,8 +664,15 @@ class BackendClient:
         """The arrays a reply points at: copies (default), copies into `out`'s arrays, or
         read-only views valid until the next request that writes the same slot."""
         result = {}
-        for name, spec in (reply.get("arrays") or {}).items():
-            view = self._mapping(spec["shm"], reply.get("slot")).array(spec)
+        arrays = reply.get("arrays") or {}
+        if not isinstance(arrays, dict) or not all(isinstance(s, dict) and isinstance(s.get("shm"), str)
+                                                   for s in arrays.values()):
+            raise BackendError(self.protocol.INTERNAL, f"the backend's reply names its arrays wrongly: {str(arrays)[:200]}")
+        for name, spec in arrays.items():
+            try:
+                view = self._mapping(spec["shm"], reply.get("slot")).array(spec)
+            except ValueError as exc:
+                raise BackendError(self.protocol.INTERNAL, str(exc)) from None
             if out is not None and name in out:
                 result[name] = copy_array(out[name], view)
             elif copy:

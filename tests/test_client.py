@@ -218,6 +218,12 @@ FAKE_SERVER = textwrap.dedent("""
         elif op == "die":
             print("fake backend: dying as asked", file=sys.stderr, flush=True)
             os._exit(3)
+        elif op == "noisy":  # lines a broken backend might write before its real reply
+            rid = msg["id"]
+            for bad in ('{"id": %d, "ok": true, "x": NaN}' % rid, '{"id": %d, "ok": true, "x": 1e999}' % rid,
+                        "[" * 100000 + "]" * 100000, '{"event": 5, "job": [[[[]]]]}', "not json at all"):
+                print(bad, flush=True)
+            print(json.dumps({"id": rid, "ok": True, "slot": "x", "arrays": {"a": {"shm": 5, "offset": -1}}}), flush=True)
         else:
             print(json.dumps({"id": msg["id"], "ok": True}), flush=True)
             if op == "shutdown":
@@ -244,6 +250,21 @@ def test_request_timeout(fake_python):
         assert e.value.code == "timeout" and "'hang'" in e.value.message
         assert time.monotonic() - t0 < 5
         assert c.request("status") == {}  # the backend is still there
+    finally:
+        c.close()
+
+
+def test_garbage_from_the_backend_is_skipped(fake_python):
+    """The add-on decodes with the protocol's own rules: NaN, infinities, deep nesting and junk
+    are logged and skipped; a reply whose arrays make no sense is an error; the reader lives on."""
+    c = C.BackendClient(fake_python)
+    try:
+        reply = c.request("noisy", timeout=30)
+        assert "x" not in reply
+        with pytest.raises(C.BackendError) as e:
+            c.arrays(reply)
+        assert e.value.code == "internal" and "names its arrays wrongly" in e.value.message
+        assert c.request("status", timeout=30) == {}
     finally:
         c.close()
 
