@@ -161,23 +161,24 @@ def _check_depth(obj: Any) -> None:
             todo.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
 
 
-def decode(line: bytes | str) -> dict:
-    """Parse one line into a JSON object; raises ProtocolError(bad_json) otherwise. NaN, infinity
-    (also spelled 1e999), integers beyond 64 bits and nesting beyond MAX_DEPTH are refused."""
+def decode(line: bytes | str, what: str = "the line") -> dict:
+    """Parse one line (or a small JSON file: `what` names it) into a JSON object; raises
+    ProtocolError(bad_json) otherwise. NaN, infinity (also spelled 1e999), integers beyond 64
+    bits and nesting beyond MAX_DEPTH are refused."""
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ProtocolError(BAD_JSON, f"the line is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise ProtocolError(BAD_JSON, f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         obj = json.loads(line, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
         _check_depth(obj)
     except _Refused as exc:
-        raise ProtocolError(BAD_JSON, f"the line is not a valid message ({exc})") from None
+        raise ProtocolError(BAD_JSON, f"{what} holds a value that is not allowed: {exc}") from None
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError(BAD_JSON, f"the line is not valid JSON ({str(exc)[:120]})") from None
+        raise ProtocolError(BAD_JSON, f"{what} is not valid JSON ({str(exc)[:120]})") from None
     if not isinstance(obj, dict):
-        raise ProtocolError(BAD_JSON, f"a message must be a JSON object, not {type(obj).__name__}")
+        raise ProtocolError(BAD_JSON, f"{what} must hold a JSON object, not {type(obj).__name__}")
     return obj
 
 
