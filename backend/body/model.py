@@ -12,15 +12,18 @@ import dataclasses
 import hashlib
 import os
 import sys
-import zipfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..safe_numpy import ArrayFileError, open_npz
 from .joints import HAND_JOINTS, JOINT_NAMES, NUM_JOINTS, PARENTS
-from .template import cache_dir, vertex_normals
+from .template import vertex_normals
+from .validate import check_arrays
 
 REQUIRED_KEYS = ("v_template", "f", "weights", "J_regressor", "shapedirs", "posedirs",
                  "kintree_table", "hands_componentsl", "hands_componentsr",
@@ -56,13 +59,16 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
 
 
 def _validate_file(path: Path) -> dict[str, np.ndarray]:
+    """The file's arrays, read within bounds (never unpickled) and checked (``validate``)."""
     if not path.exists():
         raise BodyModelError(f"body model file {path} does not exist")
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files if k in REQUIRED_KEYS or k.startswith(("dynamic_lmk", "part_of"))}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise BodyModelError(f"body model file {path} is not a readable SMPL-X .npz ({exc})") from exc
+        with open_npz(path) as data:
+            arrays = {k: data[k] for k in data.files
+                      if k in REQUIRED_KEYS or k.startswith(("dynamic_lmk", "part_of"))}
+    except ArrayFileError as exc:
+        raise BodyModelError(f"body model file {path} is not a readable SMPL-X .npz: "
+                             f"{f'key {exc.key} ' if exc.key else ''}{exc.problem}") from None
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:
         raise BodyModelError(f"body model file {path} is missing the keys {', '.join(missing)} "
@@ -75,6 +81,7 @@ def _validate_file(path: Path) -> dict[str, np.ndarray]:
     if arrays["weights"].shape[0] != nv or arrays["shapedirs"].shape[0] != nv:
         raise BodyModelError(f"body model file {path} is inconsistent: v_template has {nv} vertices "
                              f"but weights/shapedirs have {arrays['weights'].shape[0]}/{arrays['shapedirs'].shape[0]}")
+    check_arrays(arrays, path, BodyModelError)
     return arrays
 
 
@@ -99,8 +106,7 @@ class BodyModel:
 
         arrays = _validate_file(path)
         digest = _sha256(path)
-        loadable = path if kind == "template" else _sanitized_copy(arrays, digest)
-        with contextlib.redirect_stdout(sys.stderr):  # smplx prints warnings; stdout may be the protocol
+        with _private_npz(arrays) as loadable, contextlib.redirect_stdout(sys.stderr):  # stdout may be the protocol
             self._smplx = smplx.SMPLX(str(loadable), ext="npz", use_pca=False, flat_hand_mean=True,
                                       num_betas=300, num_expression_coeffs=100).to(device)
         self.path = path
@@ -295,15 +301,16 @@ def _batch_size(pose: dict[str, Any], transl: Any) -> int:
     return 1
 
 
-def _sanitized_copy(arrays: dict[str, np.ndarray], digest: str) -> Path:
-    """smplx loads `.npz` files with pickles allowed; hand it a copy holding only plain arrays."""
-    from ..files import atomic_path
-
-    path = cache_dir() / f"smplx_{digest[:16]}.npz"
-    if not path.exists():
-        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+@contextlib.contextmanager
+def _private_npz(arrays: dict[str, np.ndarray]) -> Iterator[Path]:
+    """smplx only loads from a path, with np.load(allow_pickle=True): give it the checked arrays
+    in a file of our own, in a fresh private folder (0700, unpredictable name) removed after. A
+    cache file would run code for whoever can write the cache."""
+    with tempfile.TemporaryDirectory(prefix="dreamwaltz-smplx-") as folder:
+        path = Path(folder) / "model.npz"
+        with open(path, "xb") as fh:
             np.savez(fh, **arrays)
-    return path
+        yield path
 
 
 def _sha256(path: Path) -> str:
