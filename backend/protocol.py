@@ -279,6 +279,19 @@ def check_slot(slot: str) -> str:
     return slot
 
 
+# ---- starting the backend ---------------------------------------------------------------------
+_BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runpy; "
+              "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+def isolated_command(python: str, root: str, module: str, *args: str) -> list[str]:
+    """``python -m module args`` with `root` (the folder holding ``backend``) as the only extra
+    entry on sys.path: ``-I`` keeps the working folder, PYTHONPATH, PYTHONHOME and the user's
+    site-packages out, so no module planted there (a ``sitecustomize.py``, a ``numpy.py``) runs;
+    the interpreter's own (virtual environment's) site-packages stay."""
+    return [str(python), "-I", "-c", _BOOTSTRAP, str(root), module, *map(str, args)]
+
+
 # ---- shared memory -------------------------------------------------------------------------
 def block_prefix(server_pid: int) -> str:
     """Every shared-memory block of the server with this pid starts with this name."""

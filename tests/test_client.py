@@ -92,6 +92,72 @@ def test_resolve_python_order(tmp_path, monkeypatch):
     assert c.pid is None and not c.alive  # nothing started
 
 
+def plant_modules(folder: Path, marker: Path) -> None:
+    """Modules that record their import in `marker`: what someone could leave in a shared working
+    folder or a PYTHONPATH entry (sitecustomize runs at every start of Python that sees it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    code = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in ("sitecustomize", "usercustomize", "numpy", "torch", "json", "safetensors"):
+        (folder / f"{name}.py").write_text(code)
+    (folder / "backend").mkdir(exist_ok=True)
+    (folder / "backend" / "__init__.py").write_text(code)
+
+
+def test_planted_modules_never_run_in_the_backend(tmp_path, monkeypatch):
+    """Blender's working folder, PYTHONPATH and the user's site-packages are not the backend's:
+    the backend starts isolated (-I) with an explicit working folder and still serves."""
+    planted = tmp_path / "shared folder"
+    marker = tmp_path / "imported"
+    plant_modules(planted, marker)
+    monkeypatch.chdir(planted)
+    c = C.BackendClient(env={"PYTHONPATH": f"{planted}{os.pathsep}{os.pathsep}.", "PYTHONUSERBASE": str(planted),
+                             "PYTHONSTARTUP": str(planted / "sitecustomize.py")})
+    try:
+        assert c.request("hello")["protocol_version"] == c.protocol.PROTOCOL_VERSION
+        assert c.request("status")["pid"] == c.pid
+        assert "-I" in c.command()
+    finally:
+        c.close()
+    assert not marker.exists(), marker.read_text()
+    # control: the same folder and environment with a plain `python -m backend` runs the planted code
+    proc = subprocess.run([sys.executable, "-m", "backend", "--help"], cwd=planted, capture_output=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(planted)))
+    assert marker.exists() and "sitecustomize" in marker.read_text(), proc.stderr
+
+
+def test_the_log_is_private_and_never_follows_a_link(tmp_path, monkeypatch):
+    """The default log lives in a 0700 folder of this user (not a shared temp folder); a link
+    planted at the log's path is moved aside, not written through."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "dreamwaltz" / "logs").mkdir(parents=True, mode=0o777)
+    os.chmod(tmp_path / "cache" / "dreamwaltz" / "logs", 0o777)
+    c = C.BackendClient()
+    folder = c.log_path.parent
+    assert folder == tmp_path / "cache" / "dreamwaltz" / "logs" and (folder.stat().st_mode & 0o777) == 0o700
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    dangling = tmp_path / "does-not-exist-yet"
+    for target in (dangling, victim):
+        if c.log_path.is_symlink() or c.log_path.exists():
+            c.log_path.unlink()
+        c.log_path.symlink_to(target)
+        try:
+            c.request("hello")
+        finally:
+            c.close()
+        assert not dangling.exists() and victim.read_text() == "precious\n"
+        assert c.log_path.is_file() and not c.log_path.is_symlink() and "serving on" in c.log_path.read_text()
+        assert (c.log_path.stat().st_mode & 0o777) == 0o600
+    # a logs folder that is a link (or someone else's) is not used
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.rmtree(folder)
+    folder.symlink_to(other, target_is_directory=True)
+    c2 = C.BackendClient()
+    assert other not in c2.log_path.parents and folder not in c2.log_path.parents
+    assert (c2.log_path.parent.stat().st_mode & 0o777) == 0o700
+
+
 # ---- the real backend -------------------------------------------------------------------------
 def test_lazy_start_and_hello(client, caplog):
     with caplog.at_level(logging.INFO, logger="dreamwaltz.client"):
