@@ -24,8 +24,14 @@ def _classes() -> tuple:
 
 
 def register() -> None:
+    """Refuses (with the Blender it needs) below the minimum version, before registering anything."""
     import bpy
 
+    from . import compat
+
+    reason = compat.unsupported_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
     from . import create, engine, shape
 
     for cls in _classes():

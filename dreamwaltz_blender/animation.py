@@ -1,4 +1,4 @@
-"""Motion on a rig as one layered action (Blender 5.0), written in bulk.
+"""Motion on a rig as one action (layered where the Blender has layered actions), written in bulk.
 
 Keys are written with `keyframe_points.add` + `foreach_set` per F-curve (never one call per
 key), so 10,000 frames of 55 bones take about a second.
@@ -6,10 +6,11 @@ key), so 10,000 frames of 55 bones take about a second.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
+from .compat import ActionWriter, new_action
 from .rig import EXPRESSION_KEY, ordered_pose_bones
 
 
@@ -40,22 +41,16 @@ def set_scene_fps(scene: Any, fps: float) -> None:
     scene.render.fps, scene.render.fps_base = int(np.ceil(fps)), float(np.ceil(fps) / fps)
 
 
-def _new_action(arm: Any, name: str) -> tuple[Any, Any]:
-    import bpy
-
-    anim = arm.animation_data or arm.animation_data_create()
-    if anim.action is not None:
+def _new_action(arm: Any, name: str) -> ActionWriter:
+    anim = arm.animation_data
+    if anim is not None and anim.action is not None:
         anim.action.use_fake_user = True  # the previous motion stays in the file, not lost
-    action = bpy.data.actions.new(name)
-    slot = action.slots.new(id_type="OBJECT", name=arm.name)
-    strip = cast("bpy.types.ActionKeyframeStrip", action.layers.new("Motion").strips.new(type="KEYFRAME"))
-    anim.action = action
-    anim.action_slot = slot
-    return action, strip.channelbag(slot, ensure=True)
+    return new_action(arm, name)
 
 
-def _write_curve(channelbag: Any, path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str) -> None:
-    fc = channelbag.fcurves.new(path, index=index, group_name=group)
+def _write_curve(writer: ActionWriter, path: str, index: int, frames: np.ndarray, values: np.ndarray,
+                 group: str) -> None:
+    fc = writer.fcurve(path, index, group)
     n = len(frames)
     fc.keyframe_points.add(n)
     co = np.empty(2 * n, dtype=np.float32)
@@ -70,22 +65,22 @@ def key_motion(arm: Any, full_pose: np.ndarray, transl: np.ndarray, expression: 
     """Key (N, 55, 3) local axis-angles, pelvis translation and expression on `arm`."""
     n = full_pose.shape[0]
     frames = frame_start + np.arange(n, dtype=np.float32)
-    action, bag = _new_action(arm, name)
+    writer = _new_action(arm, name)
     quats = axis_angle_to_quaternion(np.asarray(full_pose, dtype=np.float64))
     bones = ordered_pose_bones(arm)
     for j, pb in enumerate(bones):
         pb.rotation_mode = "QUATERNION"
         path = f'pose.bones["{pb.name}"].rotation_quaternion'
         for c in range(4):
-            _write_curve(bag, path, c, frames, quats[:, j, c], pb.name)
+            _write_curve(writer, path, c, frames, quats[:, j, c], pb.name)
     root = bones[0].name
     for c in range(3):
-        _write_curve(bag, f'pose.bones["{root}"].location', c, frames, transl[:, c], root)
+        _write_curve(writer, f'pose.bones["{root}"].location', c, frames, transl[:, c], root)
     count = len(arm.get(EXPRESSION_KEY, []))
     if count:
         expr = np.zeros((n, count), dtype=np.float32)
         k = min(count, expression.shape[1] if expression.ndim == 2 else 0)
         expr[:, :k] = expression[:, :k]
         for e in range(count):
-            _write_curve(bag, f'["{EXPRESSION_KEY}"]', e, frames, expr[:, e], "Expression")
-    return action
+            _write_curve(writer, f'["{EXPRESSION_KEY}"]', e, frames, expr[:, e], "Expression")
+    return writer.action

@@ -1,14 +1,15 @@
 """Plates: a video or image sequence behind the avatars, in the camera view and the compositor.
 
-Blender 5.0 composites through `scene.compositing_node_group` (a node group with a Group
-Output). The avatar's render goes Alpha Over the plate; the view transform is Standard so the
-plate's pixels pass through unchanged.
+The avatar's render goes Alpha Over the plate; the view transform is Standard so the plate's
+pixels pass through unchanged. Where the compositor lives differs per Blender version
+(`compat.py`): the nodes are built in a fresh node group (5.x) or beside the user's own nodes in
+the scene's tree (4.x), and the previous plate's nodes go only once the new ones are complete.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, cast
+from typing import Any
 
 TREE_NAME = "DreamWaltz Composite"
 
@@ -63,30 +64,52 @@ def _output(node: Any, name: str) -> Any:
     return sockets[name]
 
 
-def build_compositor(scene: Any, clip: Any) -> Any:
-    """Render Layers Alpha Over the plate (Blender 5.0 node groups); returns the node tree."""
-    import bpy
+NODE_PREFIX = "DreamWaltz "
 
-    tree = bpy.data.node_groups.get(TREE_NAME) or bpy.data.node_groups.new(TREE_NAME, "CompositorNodeTree")
-    tree.nodes.clear()
-    interface = cast("bpy.types.NodeTreeInterface", tree.interface)
-    if not any(getattr(s, "in_out", "") == "OUTPUT" for s in interface.items_tree):
-        interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-    layers = cast("bpy.types.CompositorNodeRLayers", tree.nodes.new("CompositorNodeRLayers"))
+
+def _add_plate_nodes(tree: Any, scene: Any, clip: Any) -> list[tuple[Any, str]]:
+    """Render Layers Alpha Over the plate, into the tree's output; returns the new nodes and
+    the names they are to have."""
+    from . import compat
+
+    layers: Any = tree.nodes.new("CompositorNodeRLayers")
     layers.scene = scene
     layers.location = (-400, 200)
-    plate = cast("bpy.types.CompositorNodeMovieClip", tree.nodes.new("CompositorNodeMovieClip"))
+    plate: Any = tree.nodes.new("CompositorNodeMovieClip")
     plate.clip = clip
     plate.location = (-400, -100)
-    over = cast("bpy.types.Node", tree.nodes.new("CompositorNodeAlphaOver"))
+    over: Any = tree.nodes.new("CompositorNodeAlphaOver")
     over.location = (0, 100)
-    out = tree.nodes.new("NodeGroupOutput")
-    out.location = (250, 100)
-    links = cast("bpy.types.NodeLinks", tree.links)
-    links.new(_output(plate, "Image"), over.inputs["Background"])
-    links.new(_output(layers, "Image"), over.inputs["Foreground"])
-    links.new(over.outputs[0], out.inputs[0])
-    scene.compositing_node_group = tree
+    background, foreground = compat.alpha_over_inputs(over)
+    links: Any = tree.links
+    links.new(_output(plate, "Image"), background)
+    links.new(_output(layers, "Image"), foreground)
+    links.new(over.outputs[0], compat.output_socket(tree))
+    return [(layers, "Render Layers"), (plate, "Plate"), (over, "Alpha Over")]
+
+
+def build_compositor(scene: Any, clip: Any) -> Any:
+    """The scene composites the avatars over the plate; returns the node tree."""
+    import bpy
+
+    from . import compat
+
+    if compat.uses_scene_tree():
+        tree = compat.scene_tree(scene)
+        old = [n for n in tree.nodes if n.name.startswith(NODE_PREFIX)]
+        new = _add_plate_nodes(tree, scene, clip)
+        for node in old:
+            tree.nodes.remove(node)
+        for node, name in new:
+            node.name = node.label = NODE_PREFIX + name
+    else:
+        previous = compat.scene_compositor(scene)
+        tree = compat.new_compositor_group(TREE_NAME)
+        _add_plate_nodes(tree, scene, clip)
+        compat.set_scene_compositor(scene, tree, previous)
+        if previous is not None and previous.name.startswith(TREE_NAME) and previous.users == 0:
+            bpy.data.node_groups.remove(previous)
+        tree.name = TREE_NAME
     scene.render.use_compositing = True
     scene.render.film_transparent = True
     scene.view_settings.view_transform = "Standard"

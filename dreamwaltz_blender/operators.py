@@ -15,6 +15,7 @@ from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 from . import session
 from .client import BackendError
 from .rig import AVATAR_KEY, OBJECT_KEY, build_rig, is_avatar_rig
+from .rollback import Change
 
 USER_ERRORS = (BackendError, ValueError, OSError, RuntimeError)
 
@@ -29,19 +30,26 @@ def active_rig(context: Any) -> Any:
 
 
 class Reporting:
-    """Run `apply` and turn user errors into one report instead of a traceback."""
+    """Run `apply` inside a `rollback.Change` (`self.change`): a failure puts the scene back
+    as it was, and a user error becomes one report instead of a traceback."""
 
     report: Any  # bpy.types.Operator.report, from the operator class this is mixed into
+    change: Change
 
     def apply(self, context: Any) -> set[str]:
         raise NotImplementedError
 
     def execute(self, context: Any) -> set[str]:
+        self.change = Change(context)
         try:
             return self.apply(context)
         except USER_ERRORS as exc:
+            self.change.undo()
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        except BaseException:
+            self.change.undo()
+            raise
 
 
 class _FromFile(Reporting):
@@ -140,6 +148,8 @@ class DREAMWALTZ_OT_import_motion(_FromFile, bpy.types.Operator):
         from .motion_import import import_motion
 
         arm = require_rig(context)
+        self.change.keep_scene(context.scene)
+        self.change.keep_rig(arm)
         start = None if self.frame_start < 0 else self.frame_start
         motion = import_motion(context, arm, bpy.path.abspath(self.filepath), self.target_fps,
                                self.use_source_fps, start)
@@ -159,6 +169,7 @@ class DREAMWALTZ_OT_setup_plate(_FromFile, bpy.types.Operator):
     def apply(self, context: Any) -> set[str]:
         from .compositing import setup_plate
 
+        self.change.keep_scene(context.scene)
         clip = setup_plate(context.scene, bpy.path.abspath(self.filepath))
         self.report({"INFO"}, f"plate {clip.name}: {clip.size[0]}x{clip.size[1]}, {clip.frame_duration} frames")
         return {"FINISHED"}
@@ -177,6 +188,8 @@ class DREAMWALTZ_OT_import_reenactment(_FromFile, bpy.types.Operator):
         from .motion_import import import_reenactment
 
         arm = require_rig(context)
+        self.change.keep_scene(context.scene)
+        self.change.keep_rig(arm)
         plate = bpy.path.abspath(self.plate) if self.plate else None
         motion = import_reenactment(context, arm, bpy.path.abspath(self.filepath), plate)
         self.report({"INFO"}, f"reenactment shot: {motion['num_frames']} frames with a keyed camera")
@@ -208,7 +221,7 @@ class DREAMWALTZ_OT_restart_backend(bpy.types.Operator):
 
 
 class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
-    """Create a Python environment for the backend and install its pinned packages (downloads several GB)"""
+    """Create a Python environment for the backend and install its pinned packages (asks first: it downloads up to a few GB)"""
 
     bl_idname = "dreamwaltz.setup_backend"
     bl_label = "Set Up Backend"
@@ -216,8 +229,25 @@ class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
     _runner: Any = None
     _timer: Any = None
 
+    @staticmethod
+    def _offline_message() -> str | None:
+        if bpy.app.online_access:
+            return None
+        return ("Blender is set to work offline: allow online access in Preferences > System > Network to download "
+                "the backend's packages, or set 'Backend Python' to an interpreter that has torch")
+
     def invoke(self, context: Any, event: Any) -> set[str]:
-        return self.execute(context)
+        from pathlib import Path
+
+        from .setup_env import confirmation, this_machine
+
+        message = self._offline_message()
+        if message:
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        text = confirmation(this_machine(), Path(session.backend_env_dir()))
+        return context.window_manager.invoke_confirm(self, event, title="Set Up Backend", message=text,
+                                                     confirm_text="Download and Install", icon="IMPORT")
 
     def execute(self, context: Any) -> set[str]:
         from pathlib import Path
@@ -225,15 +255,14 @@ class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
         from .client import backend_root
         from .setup_env import SetupRunner, plan
 
-        if not bpy.app.online_access:
-            self.report({"ERROR"}, "Blender is set to work offline: allow online access in Preferences > System > "
-                                   "Network to download the backend's packages, or set 'Backend Python' to an "
-                                   "interpreter that has torch")
+        message = self._offline_message()
+        if message:
+            self.report({"ERROR"}, message)
             return {"CANCELLED"}
         venv = Path(session.backend_env_dir(create=True))
         requirements = backend_root() / "backend" / "requirements.txt"
         log = venv.parent / "setup.log"
-        self._runner = SetupRunner(plan(venv, requirements), log).start()
+        self._runner = SetupRunner(plan(venv, requirements), log, cwd=venv.parent).start()
         wm = context.window_manager
         if bpy.app.background:
             self._runner.wait()

@@ -29,7 +29,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.star
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "installing torch $TORCH (CUDA build: an NVIDIA GPU is present)"
     "${PIP[@]}" install "torch==$TORCH"
-  elif "${PIP[@]}" install --no-index "torch==$TORCH" 2>/dev/null; then
+  elif "${PIP[@]}" install --no-index --no-deps "torch==$TORCH" 2>/dev/null; then
+    # the local wheel folder holds torch but not its dependencies: those come from PyPI
+    "${PIP[@]}" install "torch==$TORCH"
     echo "installed torch $TORCH (CPU build from the local wheel folder)"
   else
     echo "installing torch $TORCH (CPU build: no NVIDIA GPU)"

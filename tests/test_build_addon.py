@@ -7,6 +7,9 @@ import sys
 import tomllib
 import zipfile
 
+import numpy as np
+import pytest
+
 import build_addon
 
 from .blender import run_blender
@@ -37,7 +40,13 @@ def test_manifest_problems_are_named():
         assert fragment in problems
 
 
+@pytest.mark.versions
 def test_zip_installs_as_an_extension_and_works(tmp_path, avatar_dir):
+    """On every supported Blender (scripts/blender_versions.sh): the packaged add-on and the
+    backend inside it add an avatar and key a motion."""
+    motion = tmp_path / "walk.npz"
+    np.savez(motion, poses=np.random.default_rng(0).normal(0, 0.2, (12, 156)), trans=np.zeros((12, 3)),
+             mocap_framerate=30.0, gender="neutral")
     build_addon.build(tmp_path / "dist")
     zip_path = next((tmp_path / "dist").glob("*.zip"))
     result = run_blender(f"""
@@ -51,6 +60,8 @@ def test_zip_installs_as_an_extension_and_works(tmp_path, avatar_dir):
         client = sys.modules[name + ".session"].client()
         result["backend_cwd"] = str(sys.modules[name + ".client"].backend_root())
         result["bones"] = len(bpy.context.active_object.data.bones)
+        assert bpy.ops.dreamwaltz.import_motion(filepath={str(motion)!r}, use_source_fps=True) == {{"FINISHED"}}
+        result["frames"] = [bpy.context.scene.frame_start, bpy.context.scene.frame_end]
         addon_utils.disable(name, default_set=True)
         result["disabled"] = name not in bpy.context.preferences.addons and not hasattr(bpy.types, "DREAMWALTZ_OT_add_avatar")
     """, tmp_path, env={"DREAMWALTZ_TEST_NO_REPO_ADDON": "1", "BLENDER_USER_RESOURCES": str(tmp_path / "user")})
@@ -58,3 +69,4 @@ def test_zip_installs_as_an_extension_and_works(tmp_path, avatar_dir):
     assert result["module"].startswith(str(tmp_path / "user"))
     assert result["backend_cwd"].endswith("dreamwaltz/backend_src"), "the packaged backend is the one launched"
     assert result["bones"] == 55
+    assert result["frames"][1] - result["frames"][0] + 1 == 12

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from .blender import run_blender
 from .conftest import ROOT
@@ -20,20 +23,74 @@ def _setup_env():
     return module
 
 
-def test_plan_pins_torch_and_builds_gsplat_only_with_cuda(tmp_path):
+@pytest.mark.parametrize("python", [(3, 11), (3, 13)])
+@pytest.mark.parametrize("system", ["linux", "windows"])
+@pytest.mark.parametrize("cuda", [None, (12, 8), (13, 1)])
+def test_plan_per_python_os_and_gpu(tmp_path, python, system, cuda):
+    """Blender 4.2-5.0 ship Python 3.11, 5.1+ Python 3.13; Linux and Windows; CPU or an NVIDIA driver."""
     env = _setup_env()
     req = ROOT / "backend" / "requirements.txt"
-    cpu = env.plan(tmp_path / "venv", req, cuda=False, compiler=False)
-    commands = [" ".join(s.command) for s in cpu]
-    assert any("torch==2.13.0" in c and env.CPU_INDEX in c for c in commands)
-    assert any(str(req) in c for c in commands)
-    assert not any("gsplat" in c for c in commands)
-    gpu = env.plan(tmp_path / "venv", req, cuda=True, compiler=True)
-    gcommands = [" ".join(s.command) for s in gpu]
-    assert any("torch==2.13.0" in c and env.CPU_INDEX not in c for c in gcommands)
-    assert any("gsplat==1.5.3" in c for c in gcommands) and any("_backend import _C" in c for c in gcommands)
-    no_nvcc = env.plan(tmp_path / "venv", req, cuda=True, compiler=False)
-    assert not any("_backend import _C" in " ".join(s.command) for s in no_nvcc)
+    target = env.Target(python, system, cuda, compiler=cuda is not None)
+    steps = env.plan(tmp_path / "venv", req, target, base_python="/blender/python/bin/python3")
+    commands = [s.command for s in steps]
+    venv_py = str(tmp_path / "venv" / ("Scripts/python.exe" if system == "windows" else "bin/python"))
+    assert commands[0][:4] == ["/blender/python/bin/python3", "-I", "-m", "venv"]
+    assert all(c[0] == venv_py and c[1] == "-I" for c in commands[1:]), "every interpreter call is isolated"
+    torch = next(s for s in steps if s.label.startswith("Install torch"))
+    assert f"torch=={env.TORCH_VERSION}" in torch.command
+    index = torch.command[torch.command.index("--index-url") + 1] if "--index-url" in torch.command else None
+    build = {None: None, (12, 8): "cu128", (13, 1): "cu130"}[cuda]
+    if build:
+        assert index == env.TORCH_INDEX + build and f"CUDA {build[2:-1]}.{build[-1]}" in torch.label
+    elif system == "linux":
+        assert index == env.TORCH_INDEX + "cpu" and "CPU" in torch.label
+    else:
+        assert index is None and "CPU" in torch.label, "PyPI's Windows torch is the CPU build"
+    packages = next(s for s in steps if s.label == "Install the backend's requirements").command
+    numpy = [p for p in packages if p.startswith("numpy")]
+    assert numpy == (["numpy>=2.1,<3"] if python >= (3, 13) else ["numpy>=1.26,<2"])
+    assert "smplx==0.1.28" in packages and not [p for p in packages if ";" in p]
+    labels = [s.label for s in steps]
+    assert ("Install gsplat" in labels) == (build is not None)
+    assert any("kernels" in x for x in labels) == (build is not None)
+    text = env.confirmation(target, tmp_path / "venv")
+    assert "GB" in text if build else "MB" in text
+    assert f"Python {python[0]}.{python[1]}" in text and str(tmp_path / "venv") in text
+
+
+def test_an_old_driver_gets_the_cpu_build_and_markers_are_checked(tmp_path):
+    env = _setup_env()
+    assert env.Target((3, 11), "linux", (12, 2)).torch_build is None
+    bad = tmp_path / "requirements.txt"
+    bad.write_text('numpy; platform_machine == "x86_64"\n')
+    with pytest.raises(ValueError, match="platform_machine"):
+        env.requirements_for(env.Target((3, 11), "linux"), bad)
+
+
+def test_steps_run_isolated_in_a_folder_of_ours(tmp_path):
+    """A `pip` or `venv` module planted on PYTHONPATH or in the user's folder is never run."""
+    env = _setup_env()
+    planted = tmp_path / "planted"
+    for name in ("pip", "venv"):
+        (planted / name).mkdir(parents=True)
+        (planted / name / "__init__.py").write_text("")
+        (planted / name / "__main__.py").write_text("print('PLANTED'); raise SystemExit(0)")
+    steps = env.plan(tmp_path / "env" / "venv", ROOT / "backend" / "requirements.txt",
+                     env.Target(sys.version_info[:2], env.system_name()), base_python=sys.executable)
+    where = env.Step("where", [sys.executable, "-I", "-c", "import os, sys; print('CWD', os.getcwd(), sys.flags.isolated)"])
+    runner = env.SetupRunner([steps[0], where], tmp_path / "env" / "setup.log", cwd=tmp_path / "env",
+                             env={**os.environ, "PYTHONPATH": str(planted)})
+    old = os.getcwd()
+    os.chdir(planted)
+    try:
+        runner.start().wait(300)
+    finally:
+        os.chdir(old)
+    log = (tmp_path / "env" / "setup.log").read_text()
+    assert runner.error is None, log
+    assert "PLANTED" not in log
+    assert f"CWD {tmp_path / 'env'} 1" in log
+    assert env.venv_python(tmp_path / "env" / "venv").exists()
 
 
 def test_runner_runs_steps_reports_optional_failures_and_stops_on_errors(tmp_path):
