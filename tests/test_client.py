@@ -103,21 +103,34 @@ def plant_modules(folder: Path, marker: Path) -> None:
     (folder / "backend" / "__init__.py").write_text(code)
 
 
-def test_planted_modules_never_run_in_the_backend(tmp_path, monkeypatch):
+def test_planted_modules_never_run_in_the_backend_or_set_up(tmp_path, monkeypatch):
     """Blender's working folder, PYTHONPATH and the user's site-packages are not the backend's:
-    the backend starts isolated (-I) with an explicit working folder and still serves."""
+    the backend and every set-up step start isolated (-I) in a folder of their own, and work."""
+    from .test_setup_env import _setup_env
+
     planted = tmp_path / "shared folder"
     marker = tmp_path / "imported"
     plant_modules(planted, marker)
     monkeypatch.chdir(planted)
-    c = C.BackendClient(env={"PYTHONPATH": f"{planted}{os.pathsep}{os.pathsep}.", "PYTHONUSERBASE": str(planted),
-                             "PYTHONSTARTUP": str(planted / "sitecustomize.py")})
+    hostile = {"PYTHONPATH": f"{planted}{os.pathsep}{os.pathsep}.", "PYTHONUSERBASE": str(planted),
+               "PYTHONSTARTUP": str(planted / "sitecustomize.py")}
+    c = C.BackendClient(env=hostile)
     try:
         assert c.request("hello")["protocol_version"] == c.protocol.PROTOCOL_VERSION
         assert c.request("status")["pid"] == c.pid
-        assert "-I" in c.command()
+        assert c.command()[1] == "-I"
     finally:
         c.close()
+    env = _setup_env()
+    for target in (env.Target((3, 11), "linux", (12, 8), True), env.Target((3, 13), "windows")):
+        steps = env.plan(tmp_path / "venv", ROOT / "backend" / "requirements.txt", target, base_python=sys.executable)
+        assert all(s.command[1] == "-I" for s in steps), [s.command[:3] for s in steps]
+    check = steps[-1]                                  # "Check the backend": imports torch, smplx, numpy
+    runner = env.SetupRunner([env.Step(check.label, [sys.executable, *check.command[1:]])], tmp_path / "setup" / "log",
+                             env={**os.environ, **hostile})
+    runner.start().wait(300)
+    assert runner.error is None and runner.done, (tmp_path / "setup" / "log").read_text()
+    assert runner.cwd == tmp_path / "setup"
     assert not marker.exists(), marker.read_text()
     # control: the same folder and environment with a plain `python -m backend` runs the planted code
     proc = subprocess.run([sys.executable, "-m", "backend", "--help"], cwd=planted, capture_output=True, timeout=60,
