@@ -108,6 +108,7 @@ def handle_event(progress: Any, event: dict) -> None:
             _show_preview(str(event["preview"]))
     elif kind in ("job_started", "job_queued"):
         progress.state = kind.split("_")[1]
+        progress.stage = ""
     elif kind == "job_done":
         progress.state = "done"
         result = event.get("result") or {}
@@ -226,12 +227,70 @@ class DREAMWALTZ_OT_add_created(bpy.types.Operator):
         return ops.dreamwaltz.add_avatar(filepath=folder)
 
 
+ACTIVE_STATES = ("queued", "started", "running")
+
+
+def is_active(progress: Any) -> bool:
+    """A job the user can cancel: from the moment it is queued, through model loading,
+    downloading and compiling, to its last step."""
+    return progress.state in ACTIVE_STATES
+
+
+def status_text(progress: Any) -> str:
+    """What the job is doing before its steps start (the panel shows steps as a bar)."""
+    if progress.state == "queued":
+        return "Queued: waiting for the running job"
+    if progress.state == "started":
+        return "Starting"
+    if progress.state == "running" and not progress.total:
+        return (progress.stage or "working").capitalize()
+    return ""
+
+
+def error_lines(message: str, width: int = 70) -> list[str]:
+    """The whole error, wrapped for a popup (backend errors span several lines)."""
+    import textwrap
+
+    lines: list[str] = []
+    for paragraph in message.splitlines() or [""]:
+        lines.extend(textwrap.wrap(paragraph, width, subsequent_indent="  ") or [""])
+    return lines
+
+
+class DREAMWALTZ_OT_create_error(bpy.types.Operator):
+    """Show the whole error of the last Create (in a popup; printed in the Info log too)"""
+
+    bl_idname = "dreamwaltz.create_error"
+    bl_label = "Error Details"
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        if not context.window_manager.dreamwaltz_progress.message:
+            getattr(cls, "poll_message_set")("Create has not failed")
+            return False
+        return True
+
+    def execute(self, context: Any) -> set[str]:
+        message = context.window_manager.dreamwaltz_progress.message
+        self.report({"ERROR"}, message)
+        if not bpy.app.background:
+            lines = error_lines(message)
+
+            def draw(menu: Any, _context: Any) -> None:
+                col = menu.layout.column(align=True)
+                for line in lines:
+                    col.label(text=line)
+
+            context.window_manager.popup_menu(draw, title="DreamWaltz: Create failed", icon="ERROR")
+        return {"FINISHED"}
+
+
 def eta_text(seconds: float) -> str:
     return time.strftime("%M:%S", time.gmtime(max(0.0, seconds))) if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 CLASSES = (DreamWaltzCreateSettings, DreamWaltzCreateProgress, DREAMWALTZ_OT_create_avatar,
-           DREAMWALTZ_OT_cancel_create, DREAMWALTZ_OT_add_created)
+           DREAMWALTZ_OT_cancel_create, DREAMWALTZ_OT_add_created, DREAMWALTZ_OT_create_error)
 
 
 def register() -> None:

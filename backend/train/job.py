@@ -4,7 +4,8 @@ Params (JSON): "prompt" (str, required unless resuming), "out" (the run folder, 
 "resume" (bool), and any TrainConfig setting by name ("steps", "preset", "expression",
 "sd_model", "controlnet", "time_budget" (seconds or "10m"), "seed", "views", "sds": {...}, ...).
 
-Progress: `job_progress` events with stage (template / canonical / posed), step, total, loss,
+Progress: `job_progress` events with stage ("loading models" or "loading or downloading models",
+then "compiling models" where asked, with total 0; then template / canonical / posed), step, total, loss,
 ETA, and "preview": the path of `<out>/previews/latest.png` when it was rewritten. Cancel saves a
 checkpoint; the job then ends cancelled with result {"checkpoint", "step", "out", "resumable":
 true}, and the same params with "resume": true continue it. Done: {"avatar": <folder>, "out",
@@ -57,6 +58,13 @@ def cached_models(config: Any) -> Any:
         return _MODELS[key]
 
 
+def loading_stage(config: Any) -> str:
+    """The stage shown while the diffusion models load: "downloading" only where a download is
+    allowed and a model is not a local folder."""
+    local = all(value and Path(str(value)).expanduser().is_dir() for value in (config.sd_model, config.controlnet))
+    return "loading models" if local or not config.allow_download else "loading or downloading models"
+
+
 def make_train_job(params: dict[str, Any], services: Any = None) -> Any:
     from ..server.jobs import JobCancelled, JobFailed, JobParamError
 
@@ -77,6 +85,7 @@ def make_train_job(params: dict[str, Any], services: Any = None) -> Any:
         from .checkpoint import CheckpointError
         from .trainer import TrainingCancelled, TrainingError, run_training
 
+        ctx.progress(loading_stage(config), 0, 0)
         try:
             models = cached_models(config)
         except GuidanceModelError as exc:

@@ -285,6 +285,8 @@ class Trainer:
             if not c.tiny_encoder:
                 raise TrainingError('sds.encoder = "tiny" needs tiny_encoder (an AutoencoderTiny such as madebyollin/taesd)')
             self.tiny_encoder = load_tiny_encoder(c.tiny_encoder, self.device, self.models.dtype, c.allow_download)
+        if c.compile and not self.models.compiled and self.progress_cb is not None:
+            self.progress_cb("compiling models", self.step_index, 0)
         accelerate(self.models, channels_last=c.channels_last, compile=c.compile and not self.models.compiled,
                    tiny_encoder=self.tiny_encoder if c.sds.encoder == "tiny" else None)
         self.sds = SDSGuidance(self.models, c.prompt, c.sds, tiny_encoder=self.tiny_encoder, cuda_graphs=c.cuda_graphs,
