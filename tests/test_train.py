@@ -387,7 +387,13 @@ def test_cancel_and_resume_equal_one_run(tiny_dir, models, tmp_path):
         run_training(config, tmp_path / "parts", should_cancel=cancel_after_five, models=models)
     assert err.value.step == 5 and err.value.checkpoint.exists()
     assert not (tmp_path / "parts" / "avatar").exists()
+    # what a SIGKILL in the middle of writes leaves: a half checkpoint and a half avatar folder
+    stale = [err.value.checkpoint.with_name(f".{err.value.checkpoint.name}.k3j2s9ab.pt.tmp"),
+             tmp_path / "parts" / ".avatar.q1w2e3r4.tmp"]
+    stale[0].write_bytes(b"half a checkpoint")
+    stale[1].mkdir()
     resumed = run_training(config, tmp_path / "parts", resume=True, models=models)
+    assert not any(p.exists() for p in stale)
     a = load_file(str(whole / "gaussians.safetensors"))
     b = load_file(str(resumed / "gaussians.safetensors"))
     assert set(a) == set(b)

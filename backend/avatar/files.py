@@ -122,7 +122,7 @@ def _meta_json(avatar: Avatar) -> dict[str, Any]:
 
 def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray | None = None) -> Path:
     """Write the avatar folder atomically (an existing folder is replaced only on success)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     if avatar.num_gaussians == 0:
@@ -130,7 +130,7 @@ def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray |
     if folder.exists() and (not folder.is_dir() or (not (folder / META_FILE).exists() and any(folder.iterdir()))):
         raise AvatarFileError(f"refusing to overwrite {folder}: it exists and is not an avatar folder")
     with atomic_folder(folder) as staging:
-        save_file(_tensors(avatar), str(staging / TENSOR_FILE))
+        (staging / TENSOR_FILE).write_bytes(save(_tensors(avatar)))  # an OSError on a full disk (save_file's is not)
         try:
             text = json.dumps(_meta_json(avatar), indent=2, allow_nan=False)
         except ValueError as exc:

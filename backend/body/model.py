@@ -13,7 +13,7 @@ import hashlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +129,9 @@ class BodyModel:
         arrays = _validate_file(path)
         kind = kind or ("template" if TEMPLATE_MARKER in arrays else "smplx")
         digest = content_hash(arrays)
-        with _private_npz(arrays) as loadable, contextlib.redirect_stdout(sys.stderr):  # stdout may be the protocol
-            self._smplx = smplx.SMPLX(str(loadable), ext="npz", use_pca=False, flat_hand_mean=True,
-                                      num_betas=300, num_expression_coeffs=100).to(device)
+        with contextlib.redirect_stdout(sys.stderr):  # smplx prints warnings; stdout may be the protocol
+            self._smplx = _smplx_from_arrays(smplx, {k: v for k, v in arrays.items() if k != TEMPLATE_MARKER},
+                                             path).to(device)
         self.path = path
         self.kind = kind
         self.device = torch.device(device)
@@ -323,13 +323,43 @@ def _batch_size(pose: dict[str, Any], transl: Any) -> int:
     return 1
 
 
-@contextlib.contextmanager
-def _private_npz(arrays: dict[str, np.ndarray]) -> Iterator[Path]:
-    """smplx only loads from a path, with np.load(allow_pickle=True): give it the checked arrays
-    in a file of our own, in a fresh private folder (0700, unpredictable name) removed after. A
-    cache file would run code for whoever can write the cache."""
-    with tempfile.TemporaryDirectory(prefix="dreamwaltz-smplx-") as folder:
-        path = Path(folder) / "model.npz"
-        with open(path, "xb") as fh:
-            np.savez(fh, **{k: v for k, v in arrays.items() if k != TEMPLATE_MARKER})
-        yield path
+_SMPLX_LOCK = threading.Lock()
+
+
+class _NumpyHandingArrays:
+    """numpy, but for ``load``: smplx.SMPLX reads its model with np.load(path, allow_pickle=True),
+    which would unpickle whatever the file holds. While a model is built, that one call returns
+    the arrays read and checked here instead."""
+
+    def __init__(self, real: Any, arrays: dict[str, np.ndarray], handed: list) -> None:
+        self._real, self._arrays, self._handed = real, arrays, handed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def load(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        self._handed.append(True)
+        return dict(self._arrays)
+
+
+def _smplx_from_arrays(smplx: Any, arrays: dict[str, np.ndarray], path: Path) -> Any:
+    """smplx.SMPLX built from `arrays` (never from a file: a cache file handed to it by path would
+    run code for whoever can write the cache). It is given an empty placeholder, so a smplx that
+    read files some other way would fail on it, never unpickle; and it must have taken the arrays."""
+    from smplx import body_models
+
+    handed: list = []
+    with _SMPLX_LOCK, tempfile.TemporaryDirectory(prefix="dreamwaltz-smplx-") as folder:
+        placeholder = Path(folder) / "model.npz"
+        placeholder.write_bytes(b"")
+        real = body_models.np
+        body_models.np = _NumpyHandingArrays(real, arrays, handed)
+        try:
+            model = smplx.SMPLX(str(placeholder), ext="npz", use_pca=False, flat_hand_mean=True,
+                                num_betas=300, num_expression_coeffs=100)
+        finally:
+            body_models.np = real
+    if not handed:
+        raise BodyModelError(f"the installed smplx did not take the checked arrays of {path}; refusing to let it "
+                             "read the file itself (install smplx 0.1.28)")
+    return model
