@@ -250,7 +250,7 @@ class _Planted:
 
 def test_cache_and_model_files_never_run_code(tmp_path, monkeypatch, body):
     """smplx unpickles whatever .npz it is handed (np.load(allow_pickle=True)). The old loader
-    handed it cache files by path; now it gets checked arrays in a private file of its own."""
+    handed it cache files by path; now it gets the checked arrays, never a path to read."""
     import hashlib
 
     marker = tmp_path / "code-ran"
@@ -276,6 +276,20 @@ def test_cache_and_model_files_never_run_code(tmp_path, monkeypatch, body):
     assert not marker.exists(), "a planted file ran code"
     np.load(template, allow_pickle=True)["extra"]          # control: a naive reader runs it
     assert marker.exists()
+
+
+def test_smplx_never_reads_the_model_file_itself(body, monkeypatch):
+    """smplx is handed the checked arrays; a smplx that read a file anyway would get an empty
+    placeholder (an error, never an unpickled object), and one that took no arrays is refused."""
+    import backend.body.model as model
+
+    monkeypatch.setattr(model._NumpyHandingArrays, "load", lambda self, *a, **k: self._real.load(*a, **k))
+    with pytest.raises((EOFError, ValueError, OSError)):
+        BodyModel.load(body.path)
+    monkeypatch.setattr(model._NumpyHandingArrays, "load",
+                        lambda self, *a, **k: dict(self._arrays))           # takes them, but says nothing
+    with pytest.raises(BodyModelError, match="did not take the checked arrays"):
+        BodyModel.load(body.path)
 
 
 def test_nan_pose_is_refused(body):
