@@ -1,10 +1,8 @@
 """What each recipe's representation and schedule can hold: a photometric fit of a clothed target.
 
-    python bench/capacity.py --size small --out bench/results/capacity_cpu.txt      # CPU, ~20 min
-    python bench/capacity.py --size full --recipes fast --results .cache/capacity    # GPU, one recipe
-    python bench/capacity.py --size full --recipes dreamwaltz-g --results .cache/capacity \\
-        --out bench/results/capacity_gpu_<card>.txt                                  # GPU, the other + table
-    python bench/capacity.py --size toy                                              # seconds: checks the script
+    python bench/capacity.py --size small --out bench/results/capacity_cpu.txt       # CPU
+    python bench/capacity.py --size full --max-minutes 9 --out bench/results/capacity_gpu_<card>.txt
+    python bench/capacity.py --size toy                                               # checks the script
 
 Quality cannot be measured without diffusion weights, so this measures what SDS could at best
 get out of each recipe: the target is known (bench/clothed_target.py: the open template with a
@@ -31,9 +29,12 @@ measured on the held-out views only (the field lives in the canonical pose).
 fraction of each recipe's planned iterations: "full" is every recipe number as published (the
 paper's 35,000 iterations, its 400^3 conversion; the fast recipe's 3000 x 4 views and 100k
 Gaussians) at 512 px; "small" is a CPU-sized scale model of both (the same fraction of each
-schedule, NeRF stages at 1/8 ... 1 of the final size as in the paper). Each recipe's results
-are kept in `--results` (one JSON per size and recipe), so the recipes can run in separate
-calls; the table shows every recipe found there for the size.
+schedule, NeRF stages at 1/8 ... 1 of the final size as in the paper, at least 16 px);
+`--fraction` overrides the share of the schedules. Each recipe's run and results live in
+`--work`/<size>/<recipe>/; with `--max-minutes` a run stops in time with a checkpoint (exit
+status 3) and the same command continues it exactly (the trainer's resume), so a full-size run
+can span several calls of a time-limited machine; recipes already done are not run again. The
+table shows every recipe done there with this size's settings.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from backend.render import Camera, rasterize  # noqa: E402
 from backend.train import TrainConfig, Trainer  # noqa: E402
 from backend.train.batches import background_color, pose_body  # noqa: E402
 from backend.train.cameras import CameraSampler  # noqa: E402
+from backend.train.checkpoint import checkpoint_path  # noqa: E402
 from backend.train.photometric import PhotometricGuidance  # noqa: E402
 from backend.train.poses import PoseSampler  # noqa: E402
 from backend.train.skeleton import SkeletonRenderer  # noqa: E402
@@ -87,7 +89,7 @@ class Size:
 
 SIZES = {
     "full": Size(512, 40_000.0, 1.0, 100_000, 24, 24, {}),
-    "small": Size(64, 4_000.0, 0.04, 3_000, 12, 12,
+    "small": Size(48, 4_000.0, 0.05, 3_000, 12, 12,
                   dict(levels=10, log2_table=15, grid_size=48, max_steps=256, pretrain_steps=300,
                        pretrain_resolution=48, pretrain_points=4096, pretrain_gaussians=8000, pretrain_voxels=96,
                        convert_resolution=64, skin_smooth_iters=200, bound_gaussians=600, prior_points=800,
@@ -96,7 +98,7 @@ SIZES = {
                 dict(levels=4, log2_table=10, grid_size=16, max_steps=64, pretrain_steps=8, pretrain_resolution=16,
                      pretrain_points=512, pretrain_gaussians=800, pretrain_voxels=24, convert_resolution=20,
                      skin_smooth_iters=5, bound_gaussians=60, prior_points=100, prior_pool=1, update_every=4),
-                min_nerf_px=8),
+                min_nerf_px=16),
 }
 
 
@@ -129,9 +131,10 @@ def recipe_config(recipe: str, size: Size, device: str, **extra: Any) -> TrainCo
     kw: dict[str, Any] = dict(prompt="capacity benchmark", recipe=recipe, resolution=size.resolution,
                               stage_steps=stage_steps, device=device, checkpoint_every=0, preview_every=0,
                               log_every=0, workers=0 if device == "cpu" else -1)
+    kw["num_gaussians"] = size.fast_gaussians   # dreamwaltz-g: only its unused template stage's
     if recipe == "fast":   # as many densification rounds as in the whole run
-        kw["num_gaussians"] = size.fast_gaussians
-        kw["densify"] = {"every": max(1, int(round(base.densify.every * size.fraction)))}
+        kw["densify"] = {"every": max(1, int(round(base.densify.every * size.fraction))),
+                         "max_free": int(base.densify.max_free * size.fast_gaussians / base.initial_gaussians)}
     else:
         kw["nerf"] = dict(size.nerf)
         kw["stage_resolutions"] = {s.name: max(size.min_nerf_px, s.resolution * size.resolution // 512)
@@ -140,12 +143,13 @@ def recipe_config(recipe: str, size: Size, device: str, **extra: Any) -> TrainCo
     return TrainConfig(**kw)
 
 
-def eval_poses(count: int, canonical: dict[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], str]:
-    """`count` frames of real motion, evenly spaced, without global rotation or translation."""
+def eval_poses(body: BodyModel, count: int, canonical: dict[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], str]:
+    """`count` frames of real motion, evenly spaced, without global rotation or translation
+    (the body's pose only; hands as in the canonical pose)."""
     if MOTION.exists():
         from backend.motion import load_motion
 
-        body_pose = np.asarray(load_motion(MOTION).body_pose, np.float64).reshape(-1, 63)
+        body_pose = np.asarray(load_motion(MOTION, body_model=body).body_pose, np.float64).reshape(-1, 63)
         source = f"{MOTION.name}: {count} of its {len(body_pose)} frames, evenly spaced"
     else:
         from backend.dance import dance
@@ -169,7 +173,7 @@ def build_eval_sets(body: BodyModel, target: ClothedTarget, size: Size, device: 
     canonical = PoseSampler(configs[1].poses).canonical()
     rng = np.random.default_rng(EVAL_SEED)
     without = {part: target.without(part) for part in ("skirt", "hair")}
-    poses, source = eval_poses(size.poses, canonical)
+    poses, source = eval_poses(body, size.poses, canonical)
     sets = []
     for name, pose_list, what in (("views", [canonical] * size.views, "the canonical pose (apose-45), held-out "
                                    "cameras"), ("poses", poses, source)):
@@ -258,49 +262,92 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_recipe(recipe: str, size: Size, target: ClothedTarget, sets: list[EvalSet], device: str,
-               log: Callable[[str], None]) -> dict[str, Any]:
-    """Train `recipe` on the target photometrically, stage by stage; metrics after each."""
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def run_recipe(recipe: str, size: Size, target: ClothedTarget, sets: list[EvalSet], device: str, folder: Path,
+               deadline: float | None, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Train `recipe` on the target photometrically, stage by stage, with metrics after each;
+    in `folder` its results (and, when `deadline` passes first, a checkpoint: None is returned
+    and the next call continues exactly where this one stopped)."""
     config = recipe_config(recipe, size, device)
-    trainer = Trainer(config, None)
+    record = folder / "results.json"
+    saved = json.loads(record.read_text()) if record.exists() else None
+    if saved is not None and not _same(saved["config"], config.to_dict()):
+        log(f"{recipe}: {folder} holds a run with other settings; starting again")
+        saved = None
+        checkpoint_path(folder).unlink(missing_ok=True)
+    if saved is not None and saved.get("done"):
+        log(f"{recipe}: done before ({record})")
+        return saved
+    trainer = Trainer(config, folder)
     dev = trainer.device
     PhotometricGuidance(target.avatar.to(dev), config.rasterizer).attach(trainer)
-    rows = []
+    result = {"recipe": recipe, "views_per_iteration": config.views, "rows": [], "partial": 0.0,
+              "device": device_name(dev), "config": config.to_dict(), "done": False}
+
+    def keep() -> None:
+        write_text_atomic(record, json.dumps(result, indent=1, default=str))
+
+    current = "start"
     try:
-        t0 = time.perf_counter()
-        if trainer.phase == "nerf":
-            trainer.nerf_stage()   # the body-shaped pretrained field (fitted now unless cached)
-        sync(dev)
-        rows.append({"stage": "start", "iterations": 0, "seconds": time.perf_counter() - t0,
-                     "gaussians": None if trainer.phase == "nerf" else trainer.num_gaussians,
-                     "resolution": None, "metrics": evaluate(trainer, sets)})
+        if saved is not None and trainer.resume():
+            result.update(rows=saved["rows"], partial=saved["partial"])
+            log(f"{recipe}: continuing at iteration {trainer.step_index} of {trainer.schedule.planned_total}")
+        else:
+            t0 = time.perf_counter()
+            if trainer.phase == "nerf":
+                trainer.nerf_stage()   # the body-shaped pretrained field (fitted now unless cached)
+            sync(dev)
+            result["rows"] = [{"stage": "start", "iterations": 0, "seconds": time.perf_counter() - t0,
+                               "gaussians": None if trainer.phase == "nerf" else trainer.num_gaussians,
+                               "resolution": None, "metrics": evaluate(trainer, sets)}]
         schedule = trainer.schedule
+        first = trainer.step_index   # every call makes progress, however short its time
         for i, name in enumerate(list(schedule.names)):
-            n = schedule.lengths[i]
-            if n == 0:
+            end = schedule.ends[i]
+            if schedule.lengths[i] == 0 or trainer.step_index >= end:
                 continue
             spec = trainer.stages[name]
-            log(f"{recipe}: stage {name} ({spec.kind}, {n} iterations at {spec.resolution} px)")
+            current = name
+            log(f"{recipe}: stage {name} ({spec.kind}, {schedule.lengths[i]} iterations at {spec.resolution} px)")
             sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(n):
+            t0 = time.perf_counter() - result["partial"]
+            while trainer.step_index < end:
+                if deadline is not None and time.perf_counter() > deadline and trainer.step_index > first:
+                    sync(dev)
+                    result["partial"] = time.perf_counter() - t0
+                    trainer.save_checkpoint()
+                    keep()
+                    log(f"{recipe}: out of time at iteration {trainer.step_index}; checkpoint in {folder}")
+                    return None
                 trainer.train_step()
                 trainer.step_index += 1
             sync(dev)
             seconds = time.perf_counter() - t0
             metrics = evaluate(trainer, sets)
-            rows.append({"stage": name, "iterations": n, "seconds": seconds, "resolution": spec.resolution,
-                         "gaussians": None if trainer.phase == "nerf" else trainer.num_gaussians, "metrics": metrics})
+            result["partial"] = 0.0
+            result["rows"].append({"stage": name, "iterations": schedule.lengths[i], "seconds": seconds,
+                                   "resolution": spec.resolution, "metrics": metrics,
+                                   "gaussians": None if trainer.phase == "nerf" else trainer.num_gaussians})
+            keep()
             log(f"  {seconds:.1f} s; " + "; ".join(f"{k}: psnr {m['psnr']:.2f}, skirt {m['skirt']:.2f}, "
                                                    f"hair {m['hair']:.2f}" for k, m in metrics.items()))
         if trainer.phase == "nerf":   # a plan of NeRF stages only still ends in Gaussians
             trainer.convert()
-            rows.append({"stage": "converted", "iterations": 0, "seconds": 0.0, "resolution": None,
-                         "gaussians": trainer.num_gaussians, "metrics": evaluate(trainer, sets)})
+            result["rows"].append({"stage": "converted", "iterations": 0, "seconds": 0.0, "resolution": None,
+                                   "gaussians": trainer.num_gaussians, "metrics": evaluate(trainer, sets)})
+    except Exception as exc:  # noqa: BLE001 - a recipe that fails is a result: the table says where and why
+        result["error"] = (f"in stage {current} at iteration {trainer.step_index}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        log(f"{recipe} FAILED {result['error']}")
     finally:
         trainer.close()
-    return {"recipe": recipe, "views_per_iteration": config.views, "rows": rows,
-            "device": device_name(dev), "config": config.to_dict()}
+    result["done"] = True
+    keep()
+    checkpoint_path(folder).unlink(missing_ok=True)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +389,8 @@ def table(results: dict[str, dict[str, Any]], target_info: dict[str, Any], size_
         for key, name, fmt in METRICS:
             row = [f"{label}: {name}"]
             for r in recipes:
-                row.append(fmt(results[r]["rows"][-1]["metrics"].get(set_name, {}).get(key)))
+                row.append("FAILED" if results[r].get("error") else
+                           fmt(results[r]["rows"][-1]["metrics"].get(set_name, {}).get(key)))
             row.append(target_info["alone"][set_name].get(key, "-"))
             body.append(row)
     body.append(["Gaussians at the end"] + [str(results[r]["rows"][-1]["gaussians"]) for r in recipes]
@@ -352,6 +400,7 @@ def table(results: dict[str, dict[str, Any]], target_info: dict[str, Any], size_
     body.append(["training seconds (start: NeRF pretraining)"] + [
         f"{sum(x['seconds'] for x in results[r]['rows']):.0f}" for r in recipes] + ["-"])
     lines += _grid(head, body)
+    lines += [f"{r} FAILED {results[r]['error']}" for r in recipes if results[r].get("error")]
     lines += ["", "## stage by stage (metrics at the end of each stage; NeRF stages: the field, views only)", ""]
     head = ["recipe", "stage", "px", "iters", "s", "Gaussians", "views PSNR", "views skirt", "views hair",
             "views spill", "poses PSNR", "poses skirt", "poses hair"]
@@ -392,34 +441,55 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=tuple(SIZES), default="small")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated: fast, dreamwaltz-g")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--results", default=None, help="folder keeping each recipe's results (default: none kept)")
+    ap.add_argument("--work", default=str(ROOT / ".cache" / "capacity"),
+                    help="folder of each recipe's run and results, per size (default .cache/capacity)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop (with a checkpoint) after this long; the same command continues")
+    ap.add_argument("--fraction", type=float, default=None,
+                    help="of each recipe's planned iterations (default: the size's)")
     ap.add_argument("--out", default=None, help="write the table here too")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared machine more threads spin-wait each other)")
     args = ap.parse_args(argv)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     size = SIZES[args.size]
+    if args.fraction is not None:
+        if not 0 < args.fraction <= 1:
+            ap.error(f"--fraction must lie in (0, 1]; got {args.fraction}")
+        size = dataclasses.replace(size, fraction=args.fraction)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(0)
     body = BodyModel.load(None, device)
     t0 = time.perf_counter()
     target = build_target(body, density=size.density)
     sets = build_eval_sets(body, target, size, torch.device(device))
     log(f"target of {target.avatar.num_gaussians} Gaussians and its held-out renders in {time.perf_counter() - t0:.1f} s")
+    work = Path(args.work) / args.size
+    deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
     results: dict[str, dict[str, Any]] = {}
-    folder = Path(args.results) if args.results else None
-    if folder is not None:
-        for r in RECIPES:
-            path = folder / f"{args.size}_{r}.json"
-            if r not in recipes and path.exists():
-                results[r] = json.loads(path.read_text())
+    for r in RECIPES:
+        record = work / r / "results.json"
+        if r not in recipes and record.exists():
+            saved = json.loads(record.read_text())
+            if saved.get("done") and _same(saved["config"], recipe_config(r, size, device).to_dict()):
+                results[r] = saved
+    unfinished = []
     for r in recipes:
-        results[r] = run_recipe(r, size, target, sets, device, log)
-        if folder is not None:
-            write_text_atomic(folder / f"{args.size}_{r}.json", json.dumps(results[r], indent=1, default=str))
+        got = run_recipe(r, size, target, sets, device, work / r, deadline, log)
+        if got is None:
+            unfinished.append(r)
+            break
+        results[r] = got
+    if unfinished:
+        log(f"stopped after {args.max_minutes} minutes: run the same command again to continue "
+            f"({', '.join(unfinished)} from its checkpoint in {work})")
+        return 3
     text = table(results, target_summary(target, sets), args.size, size)
     print(text)
     if args.out:

@@ -23,3 +23,34 @@ def test_training_benchmark_smoke_measures_every_phase(tmp_path):
         numbers = [float(v) for v in row.split()[4:13]]   # batch ... ms/view (peak GiB is nan on the CPU)
         assert all(v >= 0 for v in numbers) and numbers[-2] > 0, row
     assert "device:" in text and "random-pose stage" in text
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_capacity_benchmark_smoke_prints_both_recipes(tmp_path):
+    """bench/capacity.py at its toy size: both recipes train on the clothed target through every
+    stage of their schedules and the table has a value of each metric for each."""
+    out = tmp_path / "capacity.txt"
+    proc = subprocess.run([sys.executable, "bench/capacity.py", "--size", "toy", "--work", str(tmp_path / "runs"),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    lines = text.splitlines()
+    assert any(line.startswith("# device:") for line in lines), text
+    head = next(line for line in lines if line.startswith("| metric"))
+    assert _cells(head)[1:] == ["fast (what a user gets)", "dreamwaltz-g (what a user gets)", "target alone"], head
+    metric_rows = {_cells(line)[0]: _cells(line)[1:] for line in lines if line.startswith("| held-out")}
+    for kind in ("views", "poses"):
+        for metric in ("PSNR", "skirt silhouette recovered", "hair silhouette recovered"):
+            fast, paper, _ = metric_rows[f"held-out {kind}: {metric}"]
+            for value in (fast, paper):
+                number = float(value.split()[0])
+                assert (0 < number < 100) if metric == "PSNR" else (0 <= number <= 100), (metric, value)
+    stages = [(_cells(line)[0], _cells(line)[1]) for line in lines[lines.index(next(
+        line for line in lines if line.startswith("| recipe"))) + 2:] if line.startswith("|")]
+    assert [s for r, s in stages if r == "fast"] == ["start", "canonical", "posed"], stages
+    assert [s for r, s in stages if r == "dreamwaltz-g"] == ["start", "nerf-64", "nerf-128", "nerf-256", "nerf-512",
+                                                            "canonical", "canonical-r", "random-pose"], stages
+    assert sorted(p.name for p in (tmp_path / "runs" / "toy").iterdir()) == ["dreamwaltz-g", "fast"]

@@ -6,8 +6,12 @@ known, and fit it instead of the text prompt. `PhotometricGuidance` has SDS's ca
 before the render, `loss` after it, or both as one call), so every stage of every recipe (the
 NeRF stages, the Gaussian stages with densification) runs exactly as in training. Its loss is
 the L1 distance of the trainer's renders to the target's renders through the same batch (pose,
-cameras, backgrounds): 3DGS's photometric loss, the one the densification thresholds were
-set for.
+cameras, backgrounds), per view the mean over the image's pixels times `weight`. The weight is
+the loss's scale against the recipe's other terms (the NeRF's sigma-prior) and the
+densification's gradient threshold, which were set against SDS: SDS sums a gradient of unit
+scale over each view's 4 x 64 x 64 latents (whatever the render size: the image is resized to
+512 px), so by default the L1 counts as much, 16,384 elements per view; the views are then
+summed or averaged as the recipe's SDS reduces them (`sds.reduction`).
 
 `attach(trainer)` puts it into the trainer's guidance slot and lets it see each iteration's
 batch (the trainer's batch source, remembering what it handed out); the batches then skip the
@@ -40,15 +44,25 @@ class RecordingBatches:
         self.source.close()
 
 
+SDS_ELEMENTS = 4 * 64 * 64   # latents per view that SDS sums its gradient over
+
+
 class PhotometricGuidance:
     """L1 against `target` rendered through the trainer's batch of the same iteration."""
 
-    def __init__(self, target: Avatar, rasterizer: str = "auto") -> None:
+    def __init__(self, target: Avatar, rasterizer: str = "auto", weight: float = SDS_ELEMENTS,
+                 reduction: str = "mean") -> None:
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be mean or sum; got {reduction!r}")
         self.target = target
         self.rasterizer = rasterizer
+        self.weight = float(weight)
+        self.reduction = reduction
         self.batches: RecordingBatches | None = None
 
     def attach(self, trainer: Any) -> "PhotometricGuidance":
+        """Take SDS's place in `trainer` (its views reduced as the trainer's SDS would)."""
+        self.reduction = trainer.config.sds.reduction
         trainer.batches.needs_controls = lambda stage: False
         self.batches = RecordingBatches(trainer.batches)
         trainer.batches = self.batches
@@ -75,8 +89,9 @@ class PhotometricGuidance:
     def loss(self, images: torch.Tensor, batch: Batch,
              timer: Callable[[str], Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         target = self.render_target(batch, (int(images.shape[-2]), int(images.shape[-1])))
-        loss = (images - target.to(images.dtype)).abs().mean()
-        return loss, {"l1": loss.detach()}
+        l1 = (images - target.to(images.dtype)).abs().mean(dim=(1, 2, 3))
+        loss = self.weight * (l1.sum() if self.reduction == "sum" else l1.mean())
+        return loss, {"l1": l1.detach().mean()}
 
     def __call__(self, images: torch.Tensor, control: torch.Tensor | None, prompts: list[tuple[str, str]],
                  progress: float, generator: torch.Generator,
