@@ -79,7 +79,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "export_ply": {"avatar": ("int", True), "path": ("str", True), "transforms": ("list", False),
                    "expression": ("list", False), "local_rotations": ("list", False)},
     "load_motion": {"path": ("str", True), "fps": ("number", False), "avatar": ("int", False),
-                    "slot": ("str", False)},
+                    "slot": ("str", False), "source_fps": ("number", False), "up_axis": ("str", False)},
     "shape": {"avatar": ("int", True), "betas": ("list", False), "height": ("number", False),
               "weight": ("number", False), "slot": ("str", False)},
     "release": {"slot": ("str", False), "all": ("bool", False)},
@@ -87,6 +87,11 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "job_cancel": {"job": ("int", True)},
     "job_status": {"job": ("int", False)},
 }
+
+# ---- training jobs ---------------------------------------------------------------------
+TRAIN_RECIPES = ("fast", "dreamwaltz-g")
+"""`recipe` of a train job (`fast` is the default); its progress events carry ``recipe``,
+``stage`` (the stage's name), ``stage_index`` (0-based) and ``stages`` (the stage names in order)."""
 
 RENDER_PASSES = ("rgba", "depth")
 FRAME_DTYPES = ("float32", "float16")

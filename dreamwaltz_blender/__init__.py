@@ -18,9 +18,10 @@ bl_info = {
 
 
 def _classes() -> tuple:
-    from . import engine, operators, panels, preferences
+    from . import engine, farm, operators, panels, preferences
 
-    return preferences.CLASSES + operators.CLASSES + panels.CLASSES + (engine.DreamWaltzRenderEngine,)
+    return (preferences.CLASSES + operators.CLASSES + farm.CLASSES + panels.CLASSES
+            + (engine.DreamWaltzRenderEngine,))
 
 
 def register() -> None:
@@ -32,12 +33,14 @@ def register() -> None:
     reason = compat.unsupported_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    from . import create, engine, shape
+    from . import create, engine, menus, paths, shape
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     shape.register()
     create.register()
+    menus.register()
+    paths.register()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.add(engine.DreamWaltzRenderEngine.bl_idname)
 
@@ -45,9 +48,11 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import create, engine, session, shape
+    from . import create, engine, menus, paths, session, shape
 
     session.shutdown()
+    paths.unregister()
+    menus.unregister()
     create.unregister()
     shape.unregister()
     for panel in engine.compatible_panels():

@@ -28,6 +28,11 @@ class DreamWaltzCreateSettings(bpy.types.PropertyGroup):
         name="Negative Prompt", default="", description="What to avoid (empty: the method's default)")
     expression: BoolProperty(  # type: ignore[valid-type]
         name="Expression Control", default=False, description="Mesh-bound face, trained with expressions")
+    recipe: EnumProperty(  # type: ignore[valid-type]
+        name="Recipe", default="fast",
+        items=[("fast", "Fast", "Ours: 4 views per iteration, minutes on one GPU (the preset sets its length)"),
+               ("dreamwaltz-g", "DreamWaltz-G", "The published recipe: a NeRF stage, then three 3DGS stages of "
+                                                "one view per iteration (about 30,000 iterations)")])
     preset: EnumProperty(  # type: ignore[valid-type]
         name="Quality", default="default",
         items=[("draft", "Draft", "1200 iterations, 60k Gaussians (about 3 min on one H100-class GPU)"),
@@ -44,6 +49,9 @@ class DreamWaltzCreateProgress(bpy.types.PropertyGroup):
     job: IntProperty(default=-1)  # type: ignore[valid-type]
     state: StringProperty(default="")  # type: ignore[valid-type]
     stage: StringProperty(default="")  # type: ignore[valid-type]
+    recipe: StringProperty(default="")  # type: ignore[valid-type]
+    stage_index: IntProperty(default=0)  # type: ignore[valid-type]
+    stages: IntProperty(default=0)  # type: ignore[valid-type]
     step: IntProperty(default=0)  # type: ignore[valid-type]
     total: IntProperty(default=0)  # type: ignore[valid-type]
     loss: FloatProperty(default=0.0)  # type: ignore[valid-type]
@@ -64,14 +72,15 @@ def run_folder(context: Any) -> str:
     prefs = session.addon_preferences(context)
     base = bpy.path.abspath(prefs.cache_dir) if prefs is not None and prefs.cache_dir else \
         os.path.dirname(session.backend_env_dir())
-    return os.path.join(base, "runs", f"{_slug(settings.prompt)}-{settings.seed}")
+    recipe = "" if settings.recipe == "fast" else f"-{settings.recipe}"
+    return os.path.join(base, "runs", f"{_slug(settings.prompt)}{recipe}-{settings.seed}")
 
 
 def job_params(context: Any, resume: bool) -> dict:
     settings = context.scene.dreamwaltz_create
     prefs = session.addon_preferences(context)
-    params: dict[str, Any] = {"out": run_folder(context), "resume": resume, "preset": settings.preset,
-                              "expression": settings.expression, "seed": settings.seed}
+    params: dict[str, Any] = {"out": run_folder(context), "resume": resume, "recipe": settings.recipe,
+                              "preset": settings.preset, "expression": settings.expression, "seed": settings.seed}
     if settings.prompt.strip():
         params["prompt"] = settings.prompt.strip()
     if settings.steps:
@@ -100,6 +109,9 @@ def handle_event(progress: Any, event: dict) -> None:
     if kind == "job_progress":
         progress.state = "running"
         progress.stage = str(event.get("stage") or "")
+        progress.recipe = str(event.get("recipe") or "")
+        progress.stage_index = int(event.get("stage_index") or 0)
+        progress.stages = len(event.get("stages") or ())
         progress.step = int(event.get("step") or 0)
         progress.total = int(event.get("total") or 0)
         progress.loss = float(event.get("loss") or 0.0)
@@ -108,6 +120,7 @@ def handle_event(progress: Any, event: dict) -> None:
             _show_preview(str(event["preview"]))
     elif kind in ("job_started", "job_queued"):
         progress.state = kind.split("_")[1]
+        progress.stage = ""
     elif kind == "job_done":
         progress.state = "done"
         result = event.get("result") or {}
@@ -226,12 +239,70 @@ class DREAMWALTZ_OT_add_created(bpy.types.Operator):
         return ops.dreamwaltz.add_avatar(filepath=folder)
 
 
+ACTIVE_STATES = ("queued", "started", "running")
+
+
+def is_active(progress: Any) -> bool:
+    """A job the user can cancel: from the moment it is queued, through model loading,
+    downloading and compiling, to its last step."""
+    return progress.state in ACTIVE_STATES
+
+
+def status_text(progress: Any) -> str:
+    """What the job is doing before its steps start (the panel shows steps as a bar)."""
+    if progress.state == "queued":
+        return "Queued: waiting for the running job"
+    if progress.state == "started":
+        return "Starting"
+    if progress.state == "running" and not progress.total:
+        return (progress.stage or "working").capitalize()
+    return ""
+
+
+def error_lines(message: str, width: int = 70) -> list[str]:
+    """The whole error, wrapped for a popup (backend errors span several lines)."""
+    import textwrap
+
+    lines: list[str] = []
+    for paragraph in message.splitlines() or [""]:
+        lines.extend(textwrap.wrap(paragraph, width, subsequent_indent="  ") or [""])
+    return lines
+
+
+class DREAMWALTZ_OT_create_error(bpy.types.Operator):
+    """Show the whole error of the last Create (in a popup; printed in the Info log too)"""
+
+    bl_idname = "dreamwaltz.create_error"
+    bl_label = "Error Details"
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        if not context.window_manager.dreamwaltz_progress.message:
+            getattr(cls, "poll_message_set")("Create has not failed")
+            return False
+        return True
+
+    def execute(self, context: Any) -> set[str]:
+        message = context.window_manager.dreamwaltz_progress.message
+        self.report({"ERROR"}, message)
+        if not bpy.app.background:
+            lines = error_lines(message)
+
+            def draw(menu: Any, _context: Any) -> None:
+                col = menu.layout.column(align=True)
+                for line in lines:
+                    col.label(text=line)
+
+            context.window_manager.popup_menu(draw, title="DreamWaltz: Create failed", icon="ERROR")
+        return {"FINISHED"}
+
+
 def eta_text(seconds: float) -> str:
     return time.strftime("%M:%S", time.gmtime(max(0.0, seconds))) if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 CLASSES = (DreamWaltzCreateSettings, DreamWaltzCreateProgress, DREAMWALTZ_OT_create_avatar,
-           DREAMWALTZ_OT_cancel_create, DREAMWALTZ_OT_add_created)
+           DREAMWALTZ_OT_cancel_create, DREAMWALTZ_OT_add_created, DREAMWALTZ_OT_create_error)
 
 
 def register() -> None:

@@ -10,11 +10,12 @@ import os
 from typing import Any
 
 import bpy
-from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import session
 from .client import BackendError
-from .rig import AVATAR_KEY, OBJECT_KEY, build_rig, is_avatar_rig
+from .paths import stored_path
+from .rig import AVATAR_KEY, OBJECT_KEY, avatar_path, build_rig, is_avatar_rig
 from .rollback import Change
 
 USER_ERRORS = (BackendError, ValueError, OSError, RuntimeError)
@@ -60,6 +61,17 @@ class _FromFile(Reporting):
         return {"RUNNING_MODAL"}
 
 
+class NeedsRig:
+    """Greyed out, with the reason in the tooltip, until an avatar rig is active."""
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        if active_rig(context) is None:
+            getattr(cls, "poll_message_set")("Select an avatar rig first (Add Avatar creates one)")
+            return False
+        return True
+
+
 def require_rig(context: Any) -> Any:
     arm = active_rig(context)
     if arm is None:
@@ -98,20 +110,26 @@ class DREAMWALTZ_OT_add_avatar(_FromFile, bpy.types.Operator):
         return {"FINISHED"}
 
 
+UP_AXES = (("AUTO", "Auto", "The convention of the file's format: -Y for .ply and .splat captures (COLMAP), "
+             "Y for .spz, glTF and DreamWaltz exports"),
+           ("Y", "Y Up", "Y is up (DreamWaltz exports, .spz, glTF, most web viewers)"),
+           ("NEG_Y", "-Y Up (COLMAP)", "Y points down: captures trained on COLMAP poses (INRIA, Brush, SuperSplat)"),
+           ("Z", "Z Up", "Already Z-up like Blender"))
+UP_ROTATIONS = {"y": (1.5707963267948966, 0.0, 0.0), "-y": (-1.5707963267948966, 0.0, 0.0), "z": (0.0, 0.0, 0.0)}
+
+
 class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
-    """Import a 3DGS .ply as a static Gaussian object that renders together with avatars"""
+    """Import a 3DGS file (.ply, compressed .ply, .splat, .spz, .glb) as a static Gaussian object that renders together with avatars"""
 
     bl_idname = "dreamwaltz.import_ply"
-    bl_label = "Import Gaussian PLY"
+    bl_label = "Import Gaussian Splats"
     bl_options = {"REGISTER", "UNDO"}
-    filepath: StringProperty(name="PLY File", subtype="FILE_PATH")  # type: ignore[valid-type]
-    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
-    y_up: BoolProperty(name="Y Up", default=True,  # type: ignore[valid-type]
-                       description="The file is Y-up (as DreamWaltz exports); rotate it to Blender's Z-up")
+    filepath: StringProperty(name="Gaussian File", subtype="FILE_PATH")  # type: ignore[valid-type]
+    filter_glob: StringProperty(default="*.ply;*.splat;*.spz;*.glb;*.gltf", options={"HIDDEN"})  # type: ignore[valid-type]
+    up_axis: EnumProperty(name="Up Axis", items=UP_AXES, default="AUTO",  # type: ignore[valid-type]
+                          description="Which axis of the file is up; the object is rotated to Blender's Z-up")
 
     def apply(self, context: Any) -> set[str]:
-        import math
-
         path = bpy.path.abspath(self.filepath)
         reply = session.load("objects", path, context)
         lo, hi = reply["bounds"]["min"], reply["bounds"]["max"]
@@ -121,16 +139,18 @@ class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
         mesh = bpy.data.meshes.new(name)
         mesh.from_pydata(corners, edges, [])
         obj = bpy.data.objects.new(name, mesh)
-        obj[OBJECT_KEY] = path
+        obj[OBJECT_KEY] = stored_path(path)
         obj["dreamwaltz_gaussians"] = int(reply["num_gaussians"])
-        if self.y_up:
-            obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
+        up = reply.get("up", "y") if self.up_axis == "AUTO" else {"Y": "y", "NEG_Y": "-y", "Z": "z"}[self.up_axis]
+        obj.rotation_euler = UP_ROTATIONS.get(up, UP_ROTATIONS["y"])
         context.collection.objects.link(obj)
-        self.report({"INFO"}, f"imported {reply['num_gaussians']:,} Gaussians from {os.path.basename(path)}")
+        sh = f", SH degree {reply['sh_degree']}" if reply.get("sh_degree") else ""
+        self.report({"INFO"}, f"imported {reply['num_gaussians']:,} Gaussians from {os.path.basename(path)} "
+                              f"({reply.get('format', 'ply')}{sh}, {up} up)")
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_import_motion(_FromFile, bpy.types.Operator):
+class DREAMWALTZ_OT_import_motion(NeedsRig, _FromFile, bpy.types.Operator):
     """Import motion (AMASS, AIST++, Motion-X, TalkSHOW, DreamWaltz-G, ReEnact, TRAM) onto the active avatar"""
 
     bl_idname = "dreamwaltz.import_motion"
@@ -143,6 +163,15 @@ class DREAMWALTZ_OT_import_motion(_FromFile, bpy.types.Operator):
                                  description="Set the scene to the motion's own frame rate instead of resampling")
     frame_start: IntProperty(name="Start Frame", default=-1,  # type: ignore[valid-type]
                              description="First frame of the motion (-1: the scene's start)")
+    source_fps: FloatProperty(  # type: ignore[valid-type]
+        name="Source FPS", default=0.0, min=0.0, max=1000.0,
+        description="The file's own frame rate, for files that do not store one (0: the file's, else the "
+                    "format's default; DreamWaltz-G's 265-column aist.npy is 60)")
+    up_axis: EnumProperty(  # type: ignore[valid-type]
+        name="Up Axis", default="AUTO",
+        items=[("AUTO", "Automatic", "From the format, else read off the body (a standing body's up direction)"),
+               ("Y", "Y Up", ""), ("Z", "Z Up", "AMASS and most motion capture"), ("-Y", "-Y Up", "OpenCV camera space"),
+               ("-Z", "-Z Up", "")])
 
     def apply(self, context: Any) -> set[str]:
         from .motion_import import import_motion
@@ -152,9 +181,12 @@ class DREAMWALTZ_OT_import_motion(_FromFile, bpy.types.Operator):
         self.change.keep_rig(arm)
         start = None if self.frame_start < 0 else self.frame_start
         motion = import_motion(context, arm, bpy.path.abspath(self.filepath), self.target_fps,
-                               self.use_source_fps, start)
+                               self.use_source_fps, start, self.source_fps or None,
+                               None if self.up_axis == "AUTO" else self.up_axis)
+        for note in motion.get("notes", []):
+            self.report({"WARNING"}, f"{os.path.basename(self.filepath)}: {note}")
         self.report({"INFO"}, f"imported {motion['num_frames']} frames ({motion['format']}, "
-                              f"{motion['source_fps']:g} -> {motion['fps']:g} fps)")
+                              f"{motion['source_fps']:g} -> {motion['fps']:g} fps, {motion['source_up_axis']} up)")
         return {"FINISHED"}
 
 
@@ -175,7 +207,7 @@ class DREAMWALTZ_OT_setup_plate(_FromFile, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_import_reenactment(_FromFile, bpy.types.Operator):
+class DREAMWALTZ_OT_import_reenactment(NeedsRig, _FromFile, bpy.types.Operator):
     """A ready shot from a Motion-X-ReEnact clip or a TRAM result: camera, motion and plate"""
 
     bl_idname = "dreamwaltz.import_reenactment"
@@ -193,6 +225,46 @@ class DREAMWALTZ_OT_import_reenactment(_FromFile, bpy.types.Operator):
         plate = bpy.path.abspath(self.plate) if self.plate else None
         motion = import_reenactment(context, arm, bpy.path.abspath(self.filepath), plate)
         self.report({"INFO"}, f"reenactment shot: {motion['num_frames']} frames with a keyed camera")
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_export_ply(NeedsRig, _FromFile, bpy.types.Operator):
+    """Export the active avatar's Gaussians as a standard 3DGS .ply (Y-up, as SMPL-X)"""
+
+    bl_idname = "dreamwaltz.export_ply"
+    bl_label = "Export Gaussian PLY"
+    filepath: StringProperty(name="PLY File", subtype="FILE_PATH")  # type: ignore[valid-type]
+    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
+    pose: EnumProperty(  # type: ignore[valid-type]
+        name="Pose", default="CANONICAL",
+        items=[("CANONICAL", "Canonical", "The rest pose the avatar was trained in"),
+               ("CURRENT", "Current Frame", "Posed as the rig is at the current frame (keys, IK, constraints)")])
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if not self.filepath:
+            blend = bpy.data.filepath
+            self.filepath = os.path.splitext(blend)[0] + ".ply" if blend else "avatar.ply"
+        return super().invoke(context, event)
+
+    def apply(self, context: Any) -> set[str]:
+        import numpy as np
+
+        from .rig import expression_values, local_rotations, skinning_transforms
+
+        arm = require_rig(context)
+        path = bpy.path.abspath(self.filepath)
+        if not path.lower().endswith(".ply"):
+            path += ".ply"
+        fields: dict[str, Any] = {"avatar": session.avatar_handle(avatar_path(arm), context), "path": path}
+        if self.pose == "CURRENT":
+            evaluated = arm.evaluated_get(context.evaluated_depsgraph_get())
+            to_rig = np.linalg.inv(np.array(evaluated.matrix_world, dtype=np.float64))
+            fields.update(transforms=(to_rig @ skinning_transforms(evaluated)).tolist(),
+                          local_rotations=local_rotations(evaluated).tolist(),
+                          expression=expression_values(evaluated))
+        reply = session.client(context).request("export_ply", **fields)
+        self.report({"INFO"}, f"exported {reply['num_gaussians']:,} Gaussians ({'posed' if reply['posed'] else 'canonical'}) "
+                              f"to {reply['path']}")
         return {"FINISHED"}
 
 
@@ -304,6 +376,7 @@ class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
 
 
 CLASSES = (DREAMWALTZ_OT_add_avatar, DREAMWALTZ_OT_import_ply, DREAMWALTZ_OT_import_motion,
-           DREAMWALTZ_OT_setup_plate, DREAMWALTZ_OT_import_reenactment, DREAMWALTZ_OT_use_engine,
+           DREAMWALTZ_OT_setup_plate, DREAMWALTZ_OT_import_reenactment, DREAMWALTZ_OT_export_ply,
+           DREAMWALTZ_OT_use_engine,
            DREAMWALTZ_OT_restart_backend, DREAMWALTZ_OT_setup_backend)
-__all__ = ["CLASSES", "active_rig", "AVATAR_KEY"]
+__all__ = ["CLASSES", "NeedsRig", "active_rig", "AVATAR_KEY"]

@@ -27,7 +27,7 @@ class DREAMWALTZ_PT_create(_Tab, bpy.types.Panel):
     bl_label = "Create"
 
     def draw(self, context: Any) -> None:
-        from .create import PREVIEW_IMAGE, eta_text
+        from .create import PREVIEW_IMAGE, eta_text, is_active, status_text
 
         layout = self.ui()
         settings = context.scene.dreamwaltz_create
@@ -36,22 +36,29 @@ class DREAMWALTZ_PT_create(_Tab, bpy.types.Panel):
         col.prop(settings, "prompt", text="")
         col.prop(settings, "negative_prompt", text="Avoid")
         row = col.row()
-        row.prop(settings, "preset", text="")
+        row.prop(settings, "recipe", text="")
+        if settings.recipe == "fast":
+            row.prop(settings, "preset", text="")
         row.prop(settings, "expression", text="Expressions")
         col.prop(settings, "run_folder")
         prefs = session.addon_preferences(context)
         if prefs is not None:
             col.label(text=f"Models: {prefs.sd_model or '?'} + {prefs.controlnet or '?'}", icon="PREFERENCES")
-        running = progress.state in ("queued", "running")
+        running = is_active(progress)
         row = layout.row(align=True)
         if running:
             row.operator("dreamwaltz.cancel_create", icon="CANCEL")
         else:
             row.operator("dreamwaltz.create_avatar", icon="PLAY")
             row.operator("dreamwaltz.create_avatar", text="Resume", icon="RECOVER_LAST").resume = True
+        status = status_text(progress)
+        if status:
+            layout.label(text=status, icon="TIME")
         if progress.total:
-            text = (f"{progress.stage} {progress.step}/{progress.total}  loss {progress.loss:.3g}  "
-                    f"ETA {eta_text(progress.eta)}")
+            stage = f"{progress.stage} ({progress.stage_index + 1}/{progress.stages})" if progress.stages \
+                else progress.stage
+            text = (f"{progress.recipe} {stage} {progress.step}/{progress.total}  loss {progress.loss:.3g}  "
+                    f"ETA {eta_text(progress.eta)}").strip()
             layout.progress(factor=progress.step / max(progress.total, 1), text=text)
         image = bpy.data.images.get(PREVIEW_IMAGE)
         if image is not None and image.preview is not None:
@@ -59,7 +66,22 @@ class DREAMWALTZ_PT_create(_Tab, bpy.types.Panel):
         if progress.state == "done":
             layout.operator("dreamwaltz.add_created", icon="ADD")
         if progress.message:
-            layout.label(text=progress.message, icon="ERROR" if progress.state == "failed" else "INFO")
+            row = layout.row()
+            row.label(text=progress.message.splitlines()[0], icon="ERROR" if progress.state == "failed" else "INFO")
+            if progress.state == "failed":
+                row.operator("dreamwaltz.create_error", text="", icon="INFO")
+
+
+class DREAMWALTZ_PT_create_advanced(_Tab, bpy.types.Panel):
+    bl_label = "Advanced"
+    bl_parent_id = "DREAMWALTZ_PT_create"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: Any) -> None:
+        settings = context.scene.dreamwaltz_create
+        col = self.ui().column()
+        col.prop(settings, "seed")
+        col.prop(settings, "steps")
 
 
 class DREAMWALTZ_PT_avatar(_Tab, bpy.types.Panel):
@@ -142,4 +164,4 @@ class DREAMWALTZ_PT_render(_Tab, bpy.types.Panel):
         box.operator("dreamwaltz.restart_backend", icon="FILE_REFRESH")
 
 
-CLASSES = (DREAMWALTZ_PT_create, DREAMWALTZ_PT_avatar, DREAMWALTZ_PT_shape, DREAMWALTZ_PT_motion, DREAMWALTZ_PT_render)
+CLASSES = (DREAMWALTZ_PT_create, DREAMWALTZ_PT_create_advanced, DREAMWALTZ_PT_avatar, DREAMWALTZ_PT_shape, DREAMWALTZ_PT_motion, DREAMWALTZ_PT_render)

@@ -66,6 +66,7 @@ def scene_state():
     colour management's, objects', pose bones' and camera backgrounds' properties; the
     compositor in each version's form), for checking that a failed operator changed nothing."""
     scene = bpy.context.scene
+    bpy.context.view_layer.update()  # derived values (matrix_world) as Blender would show them
     state = {"ids": sorted(f"{name}:{item.name}" for name in dir(bpy.data)
                            if isinstance(getattr(bpy.data, name, None), bpy.types.bpy_prop_collection)
                            for item in getattr(bpy.data, name) if isinstance(item, bpy.types.ID)),

@@ -25,6 +25,22 @@ def test_training_benchmark_smoke_measures_every_phase(tmp_path):
     assert "device:" in text and "random-pose stage" in text
 
 
+def test_recipe_benchmark_smoke_measures_every_stage_of_both_recipes(tmp_path):
+    out = tmp_path / "recipes.txt"
+    proc = subprocess.run([sys.executable, "bench/train.py", "--smoke", "--recipes", "--iters", "1", "--warmup", "0",
+                           "--resolution", "32", "--gaussians", "600", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    rows = [line.split() for line in text.splitlines() if line.startswith(("fast ", "dreamwaltz-g "))]
+    assert "FAILED" not in text, text
+    stages = {(r[0], r[3]) for r in rows if r[3] != "WHOLE"}
+    assert {("fast", "canonical"), ("fast", "posed"), ("dreamwaltz-g", "canonical"), ("dreamwaltz-g", "canonical-r"),
+            ("dreamwaltz-g", "random-pose")} <= stages, text
+    whole = {r[0]: float(r[6]) for r in rows if r[3] == "WHOLE"}
+    assert set(whole) == {"fast", "dreamwaltz-g"} and all(v > 0 for v in whole.values()), text
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 

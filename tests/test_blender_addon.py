@@ -119,7 +119,10 @@ def test_every_real_motion_imports_with_the_right_rotations(avatar_dir, body, tm
         expected = _quat(motion.full_pose[got["frames"]].astype(np.float64))
         dots = np.abs(np.sum(np.asarray(got["quats"]) * expected, axis=-1))
         assert dots.min() > 0.9999, f"{Path(path).name}: bone rotations differ (min |dot| {dots.min():.6f})"
-        np.testing.assert_allclose(got["locs"], motion.transl[got["frames"]], atol=1e-4, err_msg=path)
+        transl = motion.transl[got["frames"]].astype(np.float64)
+        if not motion.transl.any():  # no translation in the file: the avatar stands on the floor
+            transl[:, 1] += -body.shaped_vertices(None)[:, 1].min().item()
+        np.testing.assert_allclose(got["locs"], transl, atol=1e-4, err_msg=path)
 
 
 def _plate(tmp_path: Path, width: int, height: int) -> Path:
@@ -148,7 +151,7 @@ def test_render_composites_the_avatar_over_the_plate(avatar_dir, tmp_path):
         from dreamwaltz_blender.camera import camera_to_opencv
         from dreamwaltz_blender.rig import skinning_transforms
         scene = bpy.context.scene
-        cam = scene_camera((0.3, -4.2, 0.1), (1.5708, 0.0, 0.05))
+        cam = scene_camera((0.3, -4.2, 1.05), (1.5708, 0.0, 0.05))
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         assert bpy.ops.dreamwaltz.setup_plate(filepath={str(plate)!r}) == {{"FINISHED"}}
         bpy.ops.dreamwaltz.use_engine()
@@ -270,7 +273,7 @@ def test_height_slider_reshapes_the_rig_and_the_render_and_reset_restores_it(ava
         import numpy as np
         from dreamwaltz_blender.rig import JOINTS_KEY
         scene = bpy.context.scene
-        scene_camera((0.0, -9.0, -0.05), (1.5708, 0.0, 0.0), size=(120, 160), lens=85)
+        scene_camera((0.0, -9.0, 0.9), (1.5708, 0.0, 0.0), size=(120, 160), lens=85)
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         bpy.ops.dreamwaltz.use_engine()
         scene.render.film_transparent = True
@@ -322,15 +325,25 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
     run = tmp_path / "run"
     result = run_blender(f"""
         import os
+        from dreamwaltz_blender import create
+        seen = []
+        real_handle = create.handle_event
+        def spy(progress, event):
+            real_handle(progress, event)
+            seen.append([event.get("event"), progress.state, progress.stage, create.is_active(progress),
+                         create.status_text(progress)])
+        create.handle_event = spy
         prefs = bpy.context.preferences.addons["dreamwaltz_blender"].preferences
         prefs.sd_model = {str(models / "stable-diffusion")!r}
         prefs.controlnet = {str(models / "controlnet")!r}
         s = bpy.context.scene.dreamwaltz_create
         s.prompt, s.preset, s.steps, s.run_folder = "a chef dressed in white", "draft", 4, {str(run)!r}
         assert bpy.ops.dreamwaltz.create_avatar() == {{"FINISHED"}}
+        result["seen"] = seen[:]
         p = bpy.context.window_manager.dreamwaltz_progress
         result.update(state=p.state, step=p.step, total=p.total, avatar=p.avatar,
-                      preview="DreamWaltz Preview" in bpy.data.images)
+                      preview="DreamWaltz Preview" in bpy.data.images, recipe=p.recipe, stages=p.stages,
+                      recipes=[i.identifier for i in s.bl_rna.properties["recipe"].enum_items])
         assert bpy.ops.dreamwaltz.add_created() == {{"FINISHED"}}
         result["rig"] = bpy.context.active_object.name
         # a finished run resumed is just its avatar again
@@ -341,16 +354,40 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
         s.steps, s.run_folder = 2, {str(tmp_path / "fast")!r}
         assert bpy.ops.dreamwaltz.create_avatar() == {{"FINISHED"}}
         result["fast_state"] = p.state
+        # a model that is not there: the whole (several-line) error is kept, reported and shown
+        prefs.sd_model = {str(tmp_path / "no-such-model")!r}
+        s.run_folder = {str(tmp_path / "bad")!r}
+        try:
+            bpy.ops.dreamwaltz.create_avatar()
+        except RuntimeError as exc:
+            result["report"] = str(exc)
+        result.update(failed_state=p.state, message=p.message, lines=create.error_lines(p.message, 60),
+                      details=bpy.ops.dreamwaltz.create_error.poll())
     """, tmp_path)
     assert result["fast_state"] == "done"
     assert json.loads((tmp_path / "fast" / "config.json").read_text())["sds"]["encoder"] == "tiny"
     assert result["state"] == "done" and result["avatar"] == str(run / "avatar")
+    from backend.protocol import TRAIN_RECIPES
+
+    assert result["recipe"] == "fast" and result["stages"] == 3  # the progress events name recipe and stages
+    assert result["recipes"] == list(TRAIN_RECIPES)
     from backend.avatar import read_meta
 
     meta = read_meta(run / "avatar")
     assert meta["prompt"] == "a chef dressed in white" and meta["provenance"]["iterations"] == 4
     assert result["preview"] and result["rig"].endswith("_rig")
     assert result["resumed_state"] == "done"
+    seen = result["seen"]
+    first_step = next(i for i, e in enumerate(seen) if e[0] == "job_progress" and e[2] != "loading models")
+    loading = [e for e in seen[:first_step] if e[2] == "loading models"]
+    assert loading and loading[0][3] and loading[0][4] == "Loading models", "loading shows, with Cancel"
+    assert [e for e in seen[:first_step] if e[1] == "started"] and all(e[3] for e in seen[:first_step])
+    assert result["failed_state"] == "failed" and result["details"]
+    assert "no-such-model" in result["message"] and "\n" in result["message"]
+    assert result["message"].splitlines()[-1] in result["report"], "the report holds the whole error"
+    squeeze = lambda text: "".join(text.split())  # noqa: E731
+    assert squeeze("".join(result["lines"])) == squeeze(result["message"]), "the details popup shows all of it"
+    assert max(len(line) for line in result["lines"]) <= 60
 
 
 def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_path):
@@ -363,12 +400,12 @@ def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_pat
     shots = {name: tmp_path / f"{name}.png" for name in ("both", "constrained")}
     result = run_blender(f"""
         scene = bpy.context.scene
-        scene_camera((0.6, -7.0, 0.0), (1.5708, 0.0, 0.0), size=(200, 100))
+        scene_camera((0.6, -7.0, 0.95), (1.5708, 0.0, 0.0), size=(200, 100))
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         arm = bpy.context.active_object
         assert bpy.ops.dreamwaltz.import_ply(filepath={str(ply)!r}) == {{"FINISHED"}}
         statue = [o for o in bpy.data.objects if "dreamwaltz_ply" in o][0]
-        statue.location.x = 2.2
+        statue.location = (2.2, 0.0, 0.944)
         bpy.ops.dreamwaltz.use_engine()
         scene.render.film_transparent = True
         scene.render.image_settings.color_mode = "RGBA"
@@ -377,14 +414,19 @@ def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_pat
         # a constraint (not a key) moves the arm: the engine reads the evaluated rig
         target = bpy.data.objects.new("Target", None)
         scene.collection.objects.link(target)
-        target.location = (-0.3, 0.0, 2.5)
+        target.location = (-0.3, 0.0, 3.45)
         c = arm.pose.bones["right_shoulder"].constraints.new("DAMPED_TRACK")
         c.target, c.track_axis = target, "TRACK_NEGATIVE_X"
         scene.render.filepath = {str(shots["constrained"])!r}
         bpy.ops.render.render(write_still=True)
         result["statue_gaussians"] = statue["dreamwaltz_gaussians"]
+        result["auto_rotation"] = tuple(round(v, 4) for v in statue.rotation_euler)
+        assert bpy.ops.dreamwaltz.import_ply(filepath={str(ply)!r}, up_axis="NEG_Y") == {{"FINISHED"}}
+        result["colmap_rotation"] = tuple(round(v, 4) for v in bpy.context.collection.objects[-1].rotation_euler)
     """, tmp_path)
     assert result["statue_gaussians"] == 6000
+    assert tuple(result["auto_rotation"]) == (1.5708, 0.0, 0.0), "our export says Y up: turned to Blender's Z up"
+    assert tuple(result["colmap_rotation"]) == (-1.5708, 0.0, 0.0)
     both = np.asarray(Image.open(shots["both"]))[..., 3] > 128
     columns = np.nonzero(both.any(0))[0]
     gaps = np.nonzero(np.diff(columns) > 3)[0]
@@ -402,7 +444,7 @@ def test_a_saved_blend_file_renders_again_after_reopening(avatar_dir, tmp_path):
     result = run_blender(f"""
         from dreamwaltz_blender import session
         scene = bpy.context.scene
-        scene_camera((0.0, -6.0, 0.0), (1.5708, 0.0, 0.0), size=(80, 120))
+        scene_camera((0.0, -6.0, 0.95), (1.5708, 0.0, 0.0), size=(80, 120))
         bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
         bpy.ops.dreamwaltz.apply_shape(height=1.85)
         bpy.ops.dreamwaltz.use_engine()
