@@ -45,6 +45,7 @@ import json
 import math
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -439,9 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=tuple(SIZES), default="small")
+    ap.add_argument("--smoke", action="store_true",
+                    help="--size toy in a fresh temporary folder (unless --work is given): checks the script")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated: fast, dreamwaltz-g")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--work", default=str(ROOT / ".cache" / "capacity"),
+    ap.add_argument("--work", default=None,
                     help="folder of each recipe's run and results, per size (default .cache/capacity)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop (with a checkpoint) after this long; the same command continues")
@@ -455,10 +458,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    if args.fraction is not None and not 0 < args.fraction <= 1:
+        ap.error(f"--fraction must lie in (0, 1]; got {args.fraction}")
+    if args.smoke:
+        args.size = "toy"
+        if args.work is None:
+            with tempfile.TemporaryDirectory(prefix="capacity-smoke-") as tmp:
+                args.work = tmp
+                return run(args, recipes)
+    return run(args, recipes)
+
+
+def run(args: argparse.Namespace, recipes: list[str]) -> int:
     size = SIZES[args.size]
     if args.fraction is not None:
-        if not 0 < args.fraction <= 1:
-            ap.error(f"--fraction must lie in (0, 1]; got {args.fraction}")
         size = dataclasses.replace(size, fraction=args.fraction)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
@@ -470,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     target = build_target(body, density=size.density)
     sets = build_eval_sets(body, target, size, torch.device(device))
     log(f"target of {target.avatar.num_gaussians} Gaussians and its held-out renders in {time.perf_counter() - t0:.1f} s")
-    work = Path(args.work) / args.size
+    work = Path(args.work or ROOT / ".cache" / "capacity") / args.size
     deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
     results: dict[str, dict[str, Any]] = {}
     for r in RECIPES:

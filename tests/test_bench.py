@@ -49,7 +49,7 @@ def test_capacity_benchmark_smoke_prints_both_recipes(tmp_path):
     """bench/capacity.py at its toy size: both recipes train on the clothed target through every
     stage of their schedules and the table has a value of each metric for each."""
     out = tmp_path / "capacity.txt"
-    proc = subprocess.run([sys.executable, "bench/capacity.py", "--size", "toy", "--work", str(tmp_path / "runs"),
+    proc = subprocess.run([sys.executable, "bench/capacity.py", "--smoke", "--work", str(tmp_path / "runs"),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
