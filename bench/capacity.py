@@ -1,8 +1,9 @@
 """What each recipe's representation and schedule can hold: a photometric fit of a clothed target.
 
-    python bench/capacity.py --size small --out bench/results/capacity_cpu.txt       # CPU
-    python bench/capacity.py --size full --max-minutes 9 --out bench/results/capacity_gpu_<card>.txt
-    python bench/capacity.py --size toy                                               # checks the script
+    python bench/capacity.py --size small --out bench/results/capacity_cpu.txt    # CPU (2 cores: ~1 h)
+    python bench/capacity.py --smoke                                               # seconds: checks the script
+    # GPU, full size: the same command until it exits 0 (3: out of time, continued by the next call)
+    python bench/capacity.py --size full --max-minutes 8 --out bench/results/capacity_gpu_<card>.txt
 
 Quality cannot be measured without diffusion weights, so this measures what SDS could at best
 get out of each recipe: the target is known (bench/clothed_target.py: the open template with a
