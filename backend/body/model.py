@@ -359,7 +359,7 @@ def _smplx_from_arrays(smplx: Any, arrays: dict[str, np.ndarray], path: Path) ->
         body_models.np = _NumpyHandingArrays(real, arrays, handed)
         try:
             model = smplx.SMPLX(str(placeholder), ext="npz", use_pca=False, flat_hand_mean=True,
-                                num_betas=300, num_expression_coeffs=100)
+                                num_betas=SMPLX_BETAS, num_expression_coeffs=SMPLX_EXPRESSIONS)
         finally:
             body_models.np = real
     if not handed:

@@ -78,6 +78,7 @@ class TrainConfig:
     preset: str = "default"               # the fast recipe's length and Gaussian count
     steps: int | None = None              # iterations in all (each renders `views` images); None: preset / recipe
     stage_steps: dict[str, int] | None = None   # iterations of named stages (the others: from steps)
+    stage_resolutions: dict[str, int] | None = None   # render size of named stages (the others: the recipe's)
     template_fraction: float | None = None   # fast: None: 0.03 with the hash grid, 0 with colours
     canonical_fraction: float = 0.5       # fast: of the SDS iterations; the rest use random poses
     views: int | None = None              # views per iteration; None: the recipe's (fast 4, dreamwaltz-g 1)
@@ -160,6 +161,8 @@ class TrainConfig:
             raise ValueError("template_fraction and canonical_fraction must lie in [0, 1]")
         if self.stage_steps is not None:
             self.stage_steps = dict(self.stage_steps)
+        if self.stage_resolutions is not None:
+            self.stage_resolutions = dict(self.stage_resolutions)
         self.stages()  # checks stage_steps
         self._check_hybrid()
 
