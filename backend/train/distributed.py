@@ -18,8 +18,10 @@ Rank 0 alone writes config.json, checkpoints, previews, the avatar and train.jso
 progress and decides the time budget (broadcast to the others); a cancel (SIGTERM, Ctrl-C)
 seen by any rank stops all of them at the same iteration, after rank 0 has saved the
 checkpoint. Resuming loads that checkpoint on every rank. NCCL joins CUDA ranks (each on the GPU
-of its LOCAL_RANK), gloo CPU ranks. Outside torchrun (or at one rank) training runs as before
-(`Solo`).
+of its LOCAL_RANK) for the gradients and statistics, with a gloo group beside it for the small
+host-side agreements (cancel flag, gradient presence, the budget, fingerprints), so no
+iteration waits for the GPU; gloo alone joins CPU ranks. Outside torchrun (or at one rank)
+training runs as before (`Solo`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class ViewParallel(Solo):
         self.is_main = rank == 0
         self.comm_device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
         self.reduce_stats = self._sum
+        # flags, masks and objects go over gloo on the host: no GPU synchronisation inside an iteration
+        self.control = dist.new_group(backend="gloo") if backend == "nccl" else None
 
     def place(self, device: torch.device) -> torch.device:
         if device.type == "cuda":
@@ -102,8 +106,8 @@ class ViewParallel(Solo):
     def reduce_grads(self, tensors: Iterable[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
         tensors = [t for t in tensors if t.requires_grad]
         # a gradient that some rank has and another lacks counts as zeros there (as in one process)
-        has = torch.tensor([float(t.grad is not None) for t in tensors] + [0.0], device=self.comm_device)
-        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        has = torch.tensor([float(t.grad is not None) for t in tensors] + [0.0])
+        dist.all_reduce(has, op=dist.ReduceOp.MAX, group=self.control)
         grads = []
         for t, present in zip(tensors, has.tolist()):
             if present:
@@ -120,13 +124,13 @@ class ViewParallel(Solo):
         return flat[-1]
 
     def any(self, flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0], device=self.comm_device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
         return bool(t.item())
 
     def from_main(self, value: Any) -> Any:
         box = [value]
-        dist.broadcast_object_list(box, src=0, device=self.comm_device if self.backend == "nccl" else None)
+        dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
     @torch.no_grad()
@@ -142,10 +146,10 @@ class ViewParallel(Solo):
         names = sorted(tensors)
         prints = torch.tensor([[float(tensors[n].numel()), float(tensors[n].detach().double().sum()),
                                 float(tensors[n].detach().double().abs().sum())] for n in names],
-                              dtype=torch.float64, device=self.comm_device)
+                              dtype=torch.float64)
         high, low = prints.clone(), prints.clone()
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.control)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.control)
         bad = [n for n, row in zip(names, (high != low).any(1).tolist()) if row]
         if bad:
             raise TrainingError(f"iteration {step}: the {self.world} ranks' parameters differ ({', '.join(bad)}); "
@@ -153,10 +157,7 @@ class ViewParallel(Solo):
                                 "with the torch version and the devices)")
 
     def barrier(self) -> None:
-        if self.backend == "nccl":
-            dist.barrier(device_ids=[self.local_rank])
-        else:
-            dist.barrier()
+        dist.barrier(group=self.control)
 
 
 def world_size() -> int:
