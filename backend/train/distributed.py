@@ -177,6 +177,8 @@ def join(views: int, device: str) -> Iterator[Solo]:
         yield Solo()
         return
     if views % world:
+        if os.environ.get("RANK", "0") != "0":
+            raise SystemExit(1)   # rank 0 says why, once
         raise TrainingError(f"--views {views} cannot be shared by {world} ranks: view-parallel training gives "
                             f"every rank the same number of views; use a multiple of {world} "
                             f"(or torchrun --nproc_per_node that divides {views})")
