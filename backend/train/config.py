@@ -30,6 +30,7 @@ from ..guidance.speed import ATTENTION
 from .appearance import HashGridConfig
 from .cameras import CameraConfig
 from .config_check import check_settings
+from .nerf.config import NeRFConfig
 from .poses import PoseConfig
 from .recipes import Stage, check_recipe, recipe_defaults, stage_plan
 from .skeleton import SkeletonConfig
@@ -76,6 +77,7 @@ class TrainConfig:
     preset: str = "default"               # the fast recipe's length and Gaussian count
     steps: int | None = None              # iterations in all (each renders `views` images); None: preset / recipe
     stage_steps: dict[str, int] | None = None   # iterations of named stages (the others: from steps)
+    stage_resolutions: dict[str, int] | None = None   # render size of named stages (the others: the recipe's)
     template_fraction: float | None = None   # fast: None: 0.03 with the hash grid, 0 with colours
     canonical_fraction: float = 0.5       # fast: of the SDS iterations; the rest use random poses
     views: int | None = None              # views per iteration; None: the recipe's (fast 4, dreamwaltz-g 1)
@@ -96,6 +98,7 @@ class TrainConfig:
     densify: DensifyConfig | None = None
     skeleton: SkeletonConfig | None = None   # fast: body + hands, face landmarks with expression
     hashgrid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
+    nerf: NeRFConfig = dataclasses.field(default_factory=NeRFConfig)
     lr: LearningRates | None = None
     # runtime
     sd_model: str | None = None
@@ -156,6 +159,8 @@ class TrainConfig:
             raise ValueError("template_fraction and canonical_fraction must lie in [0, 1]")
         if self.stage_steps is not None:
             self.stage_steps = dict(self.stage_steps)
+        if self.stage_resolutions is not None:
+            self.stage_resolutions = dict(self.stage_resolutions)
         self.stages()  # checks stage_steps
 
     @property
@@ -222,7 +227,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 
 _NESTED = {"sds": SDSConfig, "cameras": CameraConfig, "poses": PoseConfig, "densify": DensifyConfig,
-           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "lr": LearningRates}
+           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "nerf": NeRFConfig, "lr": LearningRates}
 
 
 def parse_duration(text: str | float | int | None) -> float | None:

@@ -121,27 +121,36 @@ def _scaled(lengths: dict[str, int], total: int) -> dict[str, int]:
     return out
 
 
+def _by_stage(values: dict[str, int] | None, setting: str, names: tuple[str, ...], recipe: str,
+              minimum: int) -> dict[str, int]:
+    """A setting given per stage name, checked: known stages, whole numbers >= `minimum`."""
+    given = dict(values or {})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"{setting} names {', '.join(unknown)}: the stages of --recipe {recipe} are "
+                         f"{', '.join(names)}")
+    bad = sorted(k for k, v in given.items() if not isinstance(v, int) or isinstance(v, bool) or v < minimum)
+    if bad:
+        raise ValueError(f"{setting} must be whole numbers >= {minimum}; got "
+                         f"{', '.join(f'{k}={given[k]!r}' for k in bad)}")
+    return given
+
+
 def stage_plan(config: Any) -> list[Stage]:
     """The stages of a config's recipe with their planned lengths (before any time budget)."""
     recipe = check_recipe(config.recipe)
     names = stage_names(recipe, config.init)
-    given = dict(config.stage_steps or {})
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise ValueError(f"stage_steps names {', '.join(unknown)}: the stages of --recipe {recipe} are "
-                         f"{', '.join(names)}")
-    bad = sorted(k for k, v in given.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0)
-    if bad:
-        raise ValueError(f"stage_steps must be whole numbers >= 0; got {', '.join(f'{k}={given[k]!r}' for k in bad)}")
+    given = _by_stage(config.stage_steps, "stage_steps", names, recipe, 0)
+    sizes = _by_stage(config.stage_resolutions, "stage_resolutions", names, recipe, 16)
     if recipe == "fast":
         lengths = _fast_lengths(config.base_steps, config.template_share, config.canonical_fraction)
         lengths.update(given)
-        return [Stage("template", "template", lengths["template"], "canonical", config.resolution),
-                Stage("canonical", "gaussians", lengths["canonical"], "canonical", config.resolution),
-                Stage("posed", "gaussians", lengths["posed"], "random", config.resolution)]
+        return [Stage("template", "template", lengths["template"], "canonical", sizes.get("template", config.resolution)),
+                Stage("canonical", "gaussians", lengths["canonical"], "canonical", sizes.get("canonical", config.resolution)),
+                Stage("posed", "gaussians", lengths["posed"], "random", sizes.get("posed", config.resolution))]
     lengths = {k: v for k, v in default_stage_steps(recipe).items() if k in names}
     if config.steps is not None:
         lengths = _scaled(lengths, int(config.steps))
     lengths.update(given)
-    return [Stage(name, kind, lengths[name], poses, resolution or config.resolution)
+    return [Stage(name, kind, lengths[name], poses, sizes.get(name, resolution or config.resolution))
             for name, kind, _, poses, resolution in DWG_STAGES if name in names]
