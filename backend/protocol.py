@@ -35,6 +35,11 @@ MAX_DEPTH = 32
 MAX_INT = 1 << 63
 """Integers in messages lie in (-MAX_INT, MAX_INT): ids, sizes, handles and counts all do."""
 
+MAX_MAGNITUDE = 1e6
+"""Numbers in matrices and vectors of a request (poses, cameras, object placement, expression,
+background) lie within ±MAX_MAGNITUDE: the renderer works in float32, whose squares and products
+of larger values overflow to infinity (metres and pixels never come near it)."""
+
 MAX_SHUTDOWN_WAIT = 120.0
 """Longest ``wait`` a shutdown request may ask for (seconds)."""
 
