@@ -103,6 +103,11 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "job_status": {"job": ("int", False)},
 }
 
+# ---- training jobs ---------------------------------------------------------------------
+TRAIN_RECIPES = ("fast", "dreamwaltz-g")
+"""`recipe` of a train job (`fast` is the default); its progress events carry ``recipe``,
+``stage`` (the stage's name), ``stage_index`` (0-based) and ``stages`` (the stage names in order)."""
+
 RENDER_PASSES = ("rgba", "depth")
 FRAME_DTYPES = ("float32", "float16")
 RASTERIZERS = ("auto", "torch", "gsplat")
