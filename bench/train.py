@@ -290,6 +290,9 @@ class RecipeRow:
 RECIPE_ROWS = {r.id: r for r in (RecipeRow("fast", "fp16"), RecipeRow("dreamwaltz-g", "fp32"),
                                  RecipeRow("dreamwaltz-g", "fp16"), RecipeRow("fast", "fp16", True),
                                  RecipeRow("dreamwaltz-g", "fp32", True), RecipeRow("dreamwaltz-g", "fp16", True))}
+SMOKE_NERF = dict(levels=6, log2_table=12, grid_size=32, max_steps=64, pretrain_steps=20, pretrain_resolution=24,
+                  pretrain_points=2048, pretrain_gaussians=2000, pretrain_voxels=32, pretrain_views=1,
+                  convert_resolution=48, skin_smooth_iters=10, bound_gaussians=300, prior_points=200, prior_pool=2)
 SMOKE_RECIPE_STEPS = 2   # iterations of each stage actually run with --smoke (enough to reach every stage)
 
 
@@ -301,6 +304,9 @@ def recipe_config(row: RecipeRow, args: argparse.Namespace, device: str) -> Trai
     extra: dict = {}
     if row.recipe == "dreamwaltz-g" and not nerf_available():
         extra["init"] = "template"
+    if args.smoke and row.recipe == "dreamwaltz-g":
+        names = [s.name for s in TrainConfig(prompt="x", recipe=row.recipe, **extra).stages()]
+        extra.update(nerf=SMOKE_NERF, stage_resolutions={n: args.resolution for n in names})
     return TrainConfig(prompt="a chef dressed in white", recipe=row.recipe, device=device, dtype=row.dtype,
                        rasterizer=args.rasterizer, compile=row.compiled, checkpoint_every=0, preview_every=0,
                        log_every=0, num_gaussians=args.gaussians, resolution=args.resolution, **extra)

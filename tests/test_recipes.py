@@ -445,8 +445,16 @@ def _tiny(tiny_dir, **kw) -> TrainConfig:
 RECIPES = {
     "fast": dict(views=2, stage_steps={"template": 1, "canonical": 1, "posed": 2},
                  densify={"every": 1, "start": 0.0, "stop": 1.0, "max_growth": 0.5}),
-    "dreamwaltz-g": dict(recipe="dreamwaltz-g", init="template",
-                         stage_steps={"canonical": 1, "canonical-r": 1, "random-pose": 1}),
+    "dreamwaltz-g": dict(recipe="dreamwaltz-g", stage_steps={f"nerf-{r}": 1 for r in (64, 128, 256, 512)}
+                         | {"canonical": 1, "canonical-r": 1, "random-pose": 1},
+                         stage_resolutions={n: 24 for n in ("nerf-64", "nerf-128", "nerf-256", "nerf-512", "canonical",
+                                                            "canonical-r", "random-pose")},
+                         nerf=dict(levels=6, log2_table=12, grid_size=32, max_steps=64, pretrain_steps=20,
+                                   pretrain_resolution=24, pretrain_points=2048, pretrain_gaussians=2000,
+                                   pretrain_voxels=32, pretrain_views=1, convert_resolution=48,
+                                   skin_smooth_iters=10, bound_gaussians=300, prior_points=200, prior_pool=2)),
+    "dreamwaltz-g-template": dict(recipe="dreamwaltz-g", init="template",
+                                  stage_steps={"canonical": 1, "canonical-r": 1, "random-pose": 1}),
 }
 
 
@@ -459,7 +467,7 @@ def test_each_recipe_runs_end_to_end_and_resumes_exactly_across_every_stage_boun
     seen: list[tuple[str, int, dict]] = []
     whole = run_training(config, tmp_path / "whole", models=models,
                          progress_cb=lambda stage, step, total, **kw: seen.append((stage, step, kw)))
-    assert {kw["recipe"] for _, _, kw in seen} == {recipe}
+    assert {kw["recipe"] for _, _, kw in seen} == {config.recipe}
     assert [s for s, _, _ in seen][-1] == stages[-1].name
     assert {(s, kw["stage_index"]) for s, _, kw in seen} >= {(st.name, i) for i, st in enumerate(stages) if st.steps}
     state = {"step": 0}

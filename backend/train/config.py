@@ -29,6 +29,7 @@ from ..guidance.sds import SDSConfig
 from ..guidance.speed import ATTENTION
 from .appearance import HashGridConfig
 from .cameras import CameraConfig
+from .config_check import check_settings
 from .nerf.config import NeRFConfig
 from .poses import PoseConfig
 from .recipes import Stage, check_recipe, recipe_defaults, stage_plan
@@ -120,6 +121,7 @@ class TrainConfig:
     progress_every: float = 0.5           # seconds between progress reports
 
     def __post_init__(self) -> None:
+        check_settings(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         self.recipe = check_recipe(self.recipe)
         defaults = recipe_defaults(self.recipe)
         for name in ("views", "background", "init"):
@@ -216,6 +218,7 @@ class TrainConfig:
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
+    check_settings(cls, data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
