@@ -33,8 +33,9 @@ Gaussians) at 512 px; "small" is a CPU-sized scale model of both (the same fract
 schedule, NeRF stages at 1/8 ... 1 of the final size as in the paper, at least 16 px);
 `--fraction` overrides the share of the schedules. Each recipe's run and results live in
 `--work`/<size>/<recipe>/; with `--max-minutes` a run stops in time with a checkpoint (exit
-status 3) and the same command continues it exactly (the trainer's resume), so a full-size run
-can span several calls of a time-limited machine; recipes already done are not run again. The
+status 3) and the same command continues it exactly (the trainer's resume; a checkpoint is also
+kept at every stage's end, so a call killed past its limit loses one stage at most), so a
+full-size run can span several calls of a time-limited machine; recipes already done are not run again. The
 table shows every recipe done there with this size's settings.
 """
 
@@ -335,6 +336,8 @@ def run_recipe(recipe: str, size: Size, target: ClothedTarget, sets: list[EvalSe
                                    "load": load_average(),
                                    "resolution": spec.resolution, "metrics": metrics,
                                    "gaussians": None if trainer.phase == "nerf" else trainer.num_gaussians})
+            if deadline is not None:   # a call killed past its time loses one stage at most
+                trainer.save_checkpoint()
             keep()
             log(f"  {seconds:.1f} s; " + "; ".join(f"{k}: psnr {m['psnr']:.2f}, skirt {m['skirt']:.2f}, "
                                                    f"hair {m['hair']:.2f}" for k, m in metrics.items()))
