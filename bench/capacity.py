@@ -1,6 +1,6 @@
 """What each recipe's representation and schedule can hold: a photometric fit of a clothed target.
 
-    python bench/capacity.py --size small --out bench/results/capacity_cpu.txt    # CPU (2 cores: ~1 h)
+    python bench/capacity.py --size small --out bench/results/capacity_cpu.txt    # CPU (2 shared cores: ~1 h)
     python bench/capacity.py --smoke                                               # seconds: checks the script
     # GPU, full size: the same command until it exits 0 (3: out of time, continued by the next call)
     python bench/capacity.py --size full --max-minutes 8 --out bench/results/capacity_gpu_<card>.txt
@@ -33,8 +33,9 @@ Gaussians) at 512 px; "small" is a CPU-sized scale model of both (the same fract
 schedule, NeRF stages at 1/8 ... 1 of the final size as in the paper, at least 16 px);
 `--fraction` overrides the share of the schedules. Each recipe's run and results live in
 `--work`/<size>/<recipe>/; with `--max-minutes` a run stops in time with a checkpoint (exit
-status 3) and the same command continues it exactly (the trainer's resume), so a full-size run
-can span several calls of a time-limited machine; recipes already done are not run again. The
+status 3) and the same command continues it exactly (the trainer's resume; a checkpoint is also
+kept at every stage's end, so a call killed past its limit loses one stage at most), so a
+full-size run can span several calls of a time-limited machine; recipes already done are not run again. The
 table shows every recipe done there with this size's settings.
 """
 
@@ -44,7 +45,7 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
+import os
 import sys
 import tempfile
 import time
@@ -70,6 +71,7 @@ from backend.train.photometric import PhotometricGuidance  # noqa: E402
 from backend.train.poses import PoseSampler  # noqa: E402
 from backend.train.skeleton import SkeletonRenderer  # noqa: E402
 from clothed_target import ClothedTarget, build_target  # noqa: E402
+from motion import cpu_name  # noqa: E402
 
 RECIPES = ("fast", "dreamwaltz-g")
 MOTION = ROOT.parent / "shared" / "data" / "motions" / "smplx265_npy" / "Yukun-Huang__DreamWaltz-G__aist.npy"
@@ -91,7 +93,7 @@ class Size:
 
 SIZES = {
     "full": Size(512, 40_000.0, 1.0, 100_000, 24, 24, {}),
-    "small": Size(48, 4_000.0, 0.05, 3_000, 12, 12,
+    "small": Size(32, 4_000.0, 0.02, 3_000, 12, 12,
                   dict(levels=10, log2_table=15, grid_size=48, max_steps=256, pretrain_steps=300,
                        pretrain_resolution=48, pretrain_points=4096, pretrain_gaussians=8000, pretrain_voxels=96,
                        convert_resolution=64, skin_smooth_iters=200, bound_gaussians=600, prior_points=800,
@@ -331,8 +333,11 @@ def run_recipe(recipe: str, size: Size, target: ClothedTarget, sets: list[EvalSe
             metrics = evaluate(trainer, sets)
             result["partial"] = 0.0
             result["rows"].append({"stage": name, "iterations": schedule.lengths[i], "seconds": seconds,
+                                   "load": load_average(),
                                    "resolution": spec.resolution, "metrics": metrics,
                                    "gaussians": None if trainer.phase == "nerf" else trainer.num_gaussians})
+            if deadline is not None:   # a call killed past its time loses one stage at most
+                trainer.save_checkpoint()
             keep()
             log(f"  {seconds:.1f} s; " + "; ".join(f"{k}: psnr {m['psnr']:.2f}, skirt {m['skirt']:.2f}, "
                                                    f"hair {m['hair']:.2f}" for k, m in metrics.items()))
@@ -358,7 +363,12 @@ def run_recipe(recipe: str, size: Size, target: ClothedTarget, sets: list[EvalSe
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load (a shared CPU runs the benchmark several times slower)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _pct(x: float | None) -> str:
@@ -377,8 +387,12 @@ METRICS = (("psnr", "PSNR", _db), ("psnr_avatar", "PSNR on the avatar's pixels",
 def table(results: dict[str, dict[str, Any]], target_info: dict[str, Any], size_name: str, size: Size) -> str:
     recipes = [r for r in RECIPES if r in results]
     devices = sorted({results[r]["device"] for r in recipes})
+    loads = {r: [x["load"] for x in results[r]["rows"] if x.get("load") is not None] for r in recipes}
+    shared = "; ".join(f"{r} {np.mean(v):.1f}" for r, v in loads.items() if v)
     lines = [f"# bench/capacity.py --size {size_name}: photometric fit of a clothed target by each recipe's own stages",
-             f"# device: {', '.join(devices)}; torch {torch.__version__}",
+             f"# device: {', '.join(devices)}; torch {torch.__version__}"
+             + (f"; load average at the stages' ends: {shared}" if shared else ""),
+             f"# host: {cpu_name()}, {os.cpu_count()} cores (shared by other work: seconds are wall time)",
              f"# size: {size.resolution} px, {size.fraction:g} of each recipe's planned iterations; target "
              f"{target_info['gaussians']} Gaussians ({', '.join(f'{k} {v}' for k, v in target_info['parts'].items())})",
              f"# held-out views: {target_info['sets']['views']}; {size.views} images",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -109,9 +110,11 @@ class _Cancel:
 def _main(args: argparse.Namespace) -> int:
     from ..guidance import GuidanceModelError
     from ..train import CheckpointError, TrainingCancelled, TrainingError, run_training
+    from ..train.distributed import join, world_size
 
+    rank = f"rank {os.environ.get('RANK', '0')} " if world_size() > 1 else ""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(name)s: %(message)s")
+                        format=f"%(asctime)s {rank}%(name)s: %(message)s")
     try:
         config = _config(args)
     except (ValueError, TypeError) as exc:
@@ -134,12 +137,17 @@ def _main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with _Cancel() as cancel:
         try:
-            folder = run_training(config, out, progress_cb=progress, should_cancel=cancel, resume=args.resume)
+            with join(config.views, config.device) as parallel:   # torchrun: this rank's part of the run
+                folder = run_training(config, out, progress_cb=progress if parallel.is_main else None,
+                                      should_cancel=cancel, resume=args.resume, parallel=parallel)
         except TrainingCancelled as exc:
-            print(f"\n{exc}\ncontinue with: python -m backend train --out {out} --resume", file=sys.stderr)
+            if world_size() == 1 or os.environ.get("RANK", "0") == "0":
+                print(f"\n{exc}\ncontinue with: python -m backend train --out {out} --resume", file=sys.stderr)
             return 130
         except (GuidanceModelError, TrainingError, CheckpointError) as exc:
             raise CommandError(str(exc)) from exc
+    if not parallel.is_main:
+        return 0
     print(f"avatar written to {folder} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(folder)
     return 0

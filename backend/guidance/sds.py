@@ -255,13 +255,13 @@ class SDSGuidance:
             a = m.alphas_cumprod[t].view(b, 1, 1, 1)
         return SDSInputs(t=t, noise=noise, cond=cond, control=ctrl.to(m.dtype), t_range=(lo, hi),
                          signal=a.sqrt(), sigma=(1 - a).sqrt(), weight=self.weight(t).view(b, 1, 1, 1),
-                         posterior_noise=posterior)
+                         posterior_noise=posterior, batch=b)
 
     def loss(self, images: torch.Tensor, inputs: "SDSInputs",
              timer: Callable[[str], Any] = _null_timer) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The SDS loss of rendered images (B,3,H,W) in [0,1] (requiring grad) for prepared inputs."""
+        """The SDS loss of rendered images (B,3,H,W) in [0,1] (requiring grad) for prepared inputs
+        (or for a share of their views, `SDSInputs.views`: the share's part of the batch's loss)."""
         m = self.models
-        b = images.shape[0]
         with timer("encode"):
             latents = self.encode(images, inputs.posterior_noise)
         with timer("unet"):
@@ -275,7 +275,7 @@ class SDSGuidance:
         target = (latents.float() - grad).detach()
         loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum")
         if self.config.reduction == "mean":
-            loss = loss / b
+            loss = loss / (inputs.batch or images.shape[0])
         return loss, {"t": inputs.t, "t_range": inputs.t_range, "grad": grad}
 
     def __call__(self, images: torch.Tensor, control: torch.Tensor, prompts: list[tuple[str, str]],
@@ -299,3 +299,13 @@ class SDSInputs:
     sigma: torch.Tensor    # sqrt(1 - alpha_bar_t)
     weight: torch.Tensor   # w(t)
     posterior_noise: torch.Tensor | None = None   # latent = "sample": the posterior sample's noise
+    batch: int = 0         # the views of the whole batch (the mean's divisor, also for a share of them)
+
+    def views(self, share: slice) -> "SDSInputs":
+        """These inputs for the views `share` of the batch (view-parallel training: each rank
+        draws the whole batch's noise, as one process would, and scores its share)."""
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[share]
+        return dataclasses.replace(self, t=cut(self.t), noise=cut(self.noise), cond=cut(self.cond),
+                                   control=cut(self.control), signal=cut(self.signal), sigma=cut(self.sigma),
+                                   weight=cut(self.weight), posterior_noise=cut(self.posterior_noise))

@@ -70,6 +70,13 @@ class Batch:
         """In page-locked host memory, so that `to(cuda)` is a plain asynchronous copy."""
         return self._map(lambda t: t.pin_memory())
 
+    def share(self, views: slice) -> "Batch":
+        """The batch of the views `views` (one rank's share in view-parallel training)."""
+        if views == slice(0, len(self.views)):
+            return self
+        return dataclasses.replace(self, views=self.views[views], backgrounds=self.backgrounds[views],
+                                   controls=None if self.controls is None else self.controls[views])
+
     def control_images(self) -> torch.Tensor | None:
         """(V, 3, H, W) float skeleton images in [0, 1]."""
         if self.controls is None:

@@ -67,17 +67,20 @@ class NerfStage:
             t.noise_gen.manual_seed(step_seed(t.config.seed, step))
             prompts = [(v.kind, v.view) for v in batch.views]
             inputs = t.sds.prepare(batch.control_images(), prompts, t.schedule.sds_progress(step), t.noise_gen)
+            share = t.parallel.share(len(batch.views))   # this rank's views (view-parallel training)
+            mine, inputs = batch.share(share), inputs.views(share)
         with timer("render"):
             self.stage.update_occupancy(step)
-            out = self.stage.render([v.camera for v in batch.views], resolution=spec.resolution,
-                                    backgrounds=batch.backgrounds,
+            out = self.stage.render([v.camera for v in mine.views], resolution=spec.resolution,
+                                    backgrounds=mine.backgrounds,
                                     generator=step_generator(t.config.seed, step, RENDER_SALT, t.device))
             images = out.rgb.permute(0, 3, 1, 2)
         loss, _ = t.sds.loss(images, inputs, timer)
         with timer("backward"):
-            loss = loss + self.stage.prior_loss(step)
+            loss = loss + self.stage.prior_loss(step) * (len(mine.views) / len(batch.views))
             loss.backward()
         with timer("optim"):
+            loss = t.parallel.reduce_grads([p for g in self.optimizer.param_groups for p in g["params"]], loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()

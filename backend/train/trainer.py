@@ -44,6 +44,7 @@ from .batches import Batch, BatchMaker, BatchSource, default_workers, pose_body,
 from .cameras import View, front_camera
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import Solo
 from .errors import TrainingError
 from .hybrid import HybridTraining, gaussian_lrs
 from .nerf_stage import UNAVAILABLE as NERF_UNAVAILABLE, NerfStage, nerf_available
@@ -124,13 +125,15 @@ class Trainer:
                  models: GuidanceModels | None = None, progress_cb: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, guidance: Callable[..., Any] | None = None,
                  fixed_views: list[View] | None = None, timer: PhaseTimer | None = None,
-                 tiny_encoder: Any = None) -> None:
+                 tiny_encoder: Any = None, parallel: Solo | None = None) -> None:
         """`guidance` replaces SDS (and the template fit) by any callable with SDS's signature
         (images, controls, prompts, progress, generator, timer) -> (loss, info); `fixed_views`
-        replaces the camera sampler (both for tests and experiments)."""
+        replaces the camera sampler (both for tests and experiments); `parallel`: this rank of
+        a view-parallel run (distributed.py)."""
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = resolve_device(config.device)
+        self.parallel = parallel or Solo()
+        self.device = self.parallel.place(resolve_device(config.device))
         self.progress_cb = progress_cb
         self.should_cancel = should_cancel or (lambda: False)
         self.models = models
@@ -210,6 +213,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.editor = ParamEditor(self.params, self.buffers, self.optimizer)
         self._pose_cache: dict = {}
+        self.parallel.align([*self.learnable_tensors().values(), *self.buffers.values()])
 
     def _lr_groups(self) -> list[dict[str, Any]]:
         lr = self.config.lr
@@ -387,15 +391,19 @@ class Trainer:
         sds_step = spec.kind != "template" and self.guidance_override is None
         with timer("sample"):
             batch = self.batches.get(step)
-            views, bgs = batch.views, batch.backgrounds
-            self._set_lrs(step, views)
+            self._set_lrs(step, batch.views)
             controls = batch.control_images()
             self.noise_gen.manual_seed(step_seed(c.seed, step))
-            prompts = [(v.kind, v.view) for v in views]
+            prompts = [(v.kind, v.view) for v in batch.views]
             progress = self.schedule.sds_progress(step)
             if sds_step:
                 self.ensure_guidance()
                 inputs = self.sds.prepare(controls, prompts, progress, self.noise_gen)
+            share = self.parallel.share(len(batch.views))   # this rank's views (all of them in one process)
+            mine = batch.share(share)
+            views, bgs, part = mine.views, mine.backgrounds, len(mine.views) / len(batch.views)
+            if sds_step:
+                inputs = inputs.views(share)
         with timer("render"):
             gs = pose_with_transforms(self.avatar(), batch.transforms, batch.expression, batch.rotations)
             n_free = len(self.params["free.means"])
@@ -412,16 +420,20 @@ class Trainer:
         if sds_step:
             loss, _ = self.sds.loss(images, inputs, timer)
         elif self.guidance_override is not None:
-            loss, _ = self.guidance_override(images, controls, prompts, progress, self.noise_gen, timer)
+            loss, _ = self.guidance_override(images, mine.control_images(), prompts[share], progress, self.noise_gen,
+                                             timer)
+            loss = loss * part
         else:
             with timer("unet"):
-                loss = self._template_loss(batch, images)
+                loss = self._template_loss(mine, images) * part
         with timer("backward"):
             loss.backward()
         with timer("optim"):
+            loss = self.parallel.reduce_grads(self.learnable_tensors().values(), loss)
             if track:
                 self.strategy.accumulate([m.grad[:n_free] if m.grad is not None else None for m in per_view_means],
-                                         [m.detach()[:n_free] for m in per_view_means], cameras)
+                                         [m.detach()[:n_free] for m in per_view_means], cameras,
+                                         batch_views=len(batch.views), reduce=self.parallel.reduce_stats)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         with timer("refine"):
@@ -509,8 +521,12 @@ class Trainer:
         self.history = list(state.get("history", []))
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes it, after checking that the ranks are in lockstep; all wait for it."""
         path = checkpoint_path(self.out_dir)
-        save_checkpoint(path, self.state_dict())
+        self.parallel.check_lockstep(self.learnable_tensors(), self.step_index)
+        if self.parallel.is_main:
+            save_checkpoint(path, self.state_dict())
+        self.parallel.barrier()
         return path
 
     def resume(self) -> bool:
@@ -540,7 +556,7 @@ class Trainer:
         return (rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
     def write_preview(self) -> Path | None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.parallel.is_main:
             return None
         from PIL import Image
 
@@ -603,6 +619,8 @@ class Trainer:
 
     def save(self) -> Path:
         folder = self.out_dir / "avatar"
+        if not self.parallel.is_main:
+            return folder
         save_avatar(self.export_avatar(), folder, preview=self.render_preview())
         summary = {"prompt": self.config.prompt, "avatar": str(folder), "iterations": self.step_index,
                    "planned_iterations": self.schedule.planned_total, "training_seconds": round(self.elapsed, 2),
@@ -636,6 +654,16 @@ class Trainer:
                 self._budget_planned.append(spec.name)
         return self.elapsed >= budget - self._reserve(budget)
 
+    def _budget_agreed(self) -> bool:
+        """`_budget` by rank 0's clock, its plan followed by every rank."""
+        if not self.config.time_budget or self.parallel.world == 1:
+            return self._budget()
+        spent = self._budget() if self.parallel.is_main else False
+        spent, schedule = self.parallel.from_main((spent, self.schedule.state_dict()))
+        if not self.parallel.is_main:
+            self.schedule = Schedule.from_state(schedule)
+        return bool(spent)
+
     @staticmethod
     def _reserve(budget: float) -> float:
         return min(EXPORT_RESERVE_S, 0.05 * budget)
@@ -651,11 +679,11 @@ class Trainer:
         self.ensure_guidance()
         self.report(force=True)
         while self.step_index < self.schedule.planned_total:
-            if self.should_cancel():
+            if self.parallel.any(self.should_cancel()):
                 path = self.save_checkpoint()
                 self.report(force=True)
                 raise TrainingCancelled(self.step_index, path)
-            if self._budget():
+            if self._budget_agreed():
                 log.info("time budget spent after %d iterations (%.0f s)", self.step_index, self.elapsed)
                 self.schedule.shorten(self.step_index, self.step_index)
                 break
@@ -681,7 +709,8 @@ class Trainer:
         return folder
 
 
-def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool) -> None:
+def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool, write: bool = True) -> None:
+    """Check that `out_dir` may take this run; with `write` (rank 0), record its config."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temps(out_dir)       # a killed run's half-written checkpoints and previews
     if stale:
@@ -699,7 +728,8 @@ def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool) -> None:
         if diff:
             raise TrainingError(f"{out_dir} holds a run with different settings ({', '.join(diff)}); "
                                 "resume it with its own settings (see its config.json)")
-    write_text_atomic(cfg_path, config.to_json())
+    if write:
+        write_text_atomic(cfg_path, config.to_json())
 
 
 def recipe_mismatch(where: str, saved: str, asked: str) -> str:
@@ -740,14 +770,18 @@ def resume_config(out_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
 
 def run_training(config: TrainConfig, out_dir: str | Path, progress_cb: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, resume: bool = False,
-                 models: GuidanceModels | None = None) -> Path:
+                 models: GuidanceModels | None = None, parallel: Solo | None = None) -> Path:
     """Train an avatar into `out_dir` and return its avatar folder (see the module docstring).
-    Raises TrainingCancelled (after saving a checkpoint) when `should_cancel()` turns true."""
+    Raises TrainingCancelled (after saving a checkpoint) when `should_cancel()` turns true.
+    `parallel`: this rank of a view-parallel run (distributed.py; rank 0 alone writes)."""
     out_dir = Path(out_dir)
+    parallel = parallel or Solo()
     if not config.prompt.strip():
         raise TrainingError("a prompt is needed (what the avatar should look like)")
-    prepare_out_dir(config, out_dir, resume)
-    trainer = Trainer(config, out_dir, models=models, progress_cb=progress_cb, should_cancel=should_cancel)
+    prepare_out_dir(config, out_dir, resume, write=parallel.is_main)
+    parallel.barrier()
+    trainer = Trainer(config, out_dir, models=models, progress_cb=progress_cb, should_cancel=should_cancel,
+                      parallel=parallel)
     if resume and not trainer.resume():
         log.info("no checkpoint in %s; starting from the beginning", out_dir)
     if trainer.step_index >= trainer.schedule.planned_total and (out_dir / "avatar").exists():
