@@ -82,6 +82,12 @@ class HybridTraining:
         return cls(config, HybridNetworks(transforms, field, deformation))
 
     # ---- optimisation ------------------------------------------------------------------------
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """The networks' learnable tensors by name (for the trainer's gradient exchange)."""
+        return {f"hybrid.{name}.{k}": v for name, module in (("field", self.networks.field),
+                                                             ("deformation", self.networks.deformation))
+                if module is not None for k, v in module.named_parameters()}
+
     def param_groups(self, lr: Any) -> list[dict[str, Any]]:
         field = self.networks.field
         groups = [{"params": [field.encoding.embeddings], "lr": lr.hashgrid, "name": "hybrid.grid"},

@@ -295,6 +295,8 @@ class Trainer:
         out = dict(self.params)
         if self.field is not None:
             out.update({f"field.{k}": v for k, v in self.field.named_parameters()})
+        if self.hybrid is not None:
+            out.update(self.hybrid.named_parameters())
         return out
 
     def _meta(self) -> AvatarMeta:
