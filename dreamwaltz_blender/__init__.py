@@ -32,11 +32,12 @@ def register() -> None:
     reason = compat.unsupported_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    from . import create, engine, menus, shape
+    from . import create, engine, menus, shape, viewport
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     shape.register()
+    viewport.register()
     create.register()
     menus.register()
     for panel in engine.compatible_panels():
@@ -46,11 +47,12 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import create, engine, menus, session, shape
+    from . import create, engine, menus, session, shape, viewport
 
     session.shutdown()
     menus.unregister()
     create.unregister()
+    viewport.unregister()
     shape.unregister()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.discard(engine.DreamWaltzRenderEngine.bl_idname)
