@@ -18,7 +18,7 @@ from typing import Any
 from .rig import OBJECT_KEY, is_avatar_rig
 
 COMPANION_KEY = "dreamwaltz_avatar_scene"   # on the user's scene: its DreamWaltz companion
-SHOT_KEY = "dreamwaltz_shot"                 # on the companion: the scene it renders the avatars of
+SHOT_KEY = "dreamwaltz_shot"                 # on the companion: it renders its background set's avatars
 GEOMETRY = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME", "GPENCIL", "GREASEPENCIL"}
 DEPTH_ENGINES = ("BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "CYCLES", "BLENDER_WORKBENCH")
 CAMERA_RAYS = ("visible_camera", "visible_diffuse", "visible_glossy", "visible_transmission",
@@ -53,7 +53,7 @@ def avatar_rigs(scene: Any) -> list[Any]:
 def companion(scene: Any) -> Any:
     """The scene's DreamWaltz companion, if it has one still tied to it."""
     other = scene.get(COMPANION_KEY)
-    if other is None or other.get(SHOT_KEY) != scene or other.background_set != scene:
+    if other is None or not other.get(SHOT_KEY) or other.background_set != scene:
         return None
     return other
 
@@ -61,8 +61,7 @@ def companion(scene: Any) -> Any:
 def shot_scene(scene: Any) -> Any:
     """The scene whose camera and render settings a render of `scene` uses: the user's scene
     when `scene` is its companion."""
-    shot = scene.get(SHOT_KEY)
-    return shot if shot is not None and scene.background_set == shot else scene
+    return scene.background_set if scene.get(SHOT_KEY) and scene.background_set is not None else scene
 
 
 def engine_for(scene: Any, engine: str) -> str:
@@ -82,6 +81,8 @@ def engine_for(scene: Any, engine: str) -> str:
 
 def check(scene: Any, engine: str = "SCENE") -> str:
     """The engine to use, or the one reason this scene cannot render with its avatars."""
+    if scene.get(SHOT_KEY):
+        raise SceneCompositeError(f"{scene.name!r} is the avatars' own scene; run this from the scene it belongs to")
     if not scene_geometry(scene):
         raise SceneCompositeError(
             f"the scene {scene.name!r} has no meshes to render the avatars with (DreamWaltz alone renders the "
@@ -93,8 +94,6 @@ def check(scene: Any, engine: str = "SCENE") -> str:
     if scene.camera.data.type not in ("PERSP", "ORTHO"):
         raise SceneCompositeError(f"the camera {scene.camera.name!r} is panoramic; DreamWaltz renders perspective "
                                   "and orthographic cameras")
-    if scene.get(SHOT_KEY) is not None:
-        raise SceneCompositeError(f"{scene.name!r} is the avatars' own scene; run this from the scene it belongs to")
     return engine_for(scene, engine)
 
 
@@ -114,10 +113,10 @@ def proxies(scene: Any) -> list[Any]:
 def make_companion(scene: Any) -> Any:
     import bpy
 
-    other = companion(scene)
+    other: Any = companion(scene)
     if other is None:
         other = bpy.data.scenes.new(f"{scene.name} DreamWaltz")
-        other[SHOT_KEY] = scene
+        other[SHOT_KEY] = True
         other.background_set = scene
         scene[COMPANION_KEY] = other
     other.render.engine = "DREAMWALTZ"

@@ -137,18 +137,24 @@ void main()
   gl_Position = vec4(pos, 0.0, 1.0);
 }
 """
+# `srgbTarget` is the uniform Blender sets on every bound shader that declares it: true when the
+# framebuffer stores sRGB (the viewport's overlay buffer), whose writes expect linear values.
 FRAGMENT = """
 void main()
 {
-  vec4 c = texture(image, uv);
+  ivec2 texel = ivec2(uv * vec2(textureSize(image, 0)));  /* no filtering: empty depth is 1e10 */
+  vec4 c = texelFetch(image, texel, 0);
   if (c.a < 1.0 / 255.0) {
     discard;
   }
-  float z_view = depth_bias - texture(depth, uv).r;
+  float z_view = depth_bias - texelFetch(depth, texel, 0).r;
   float ndc = (depth_map.x * z_view + depth_map.y) / (depth_map.z * z_view + depth_map.w);
   gl_FragDepth = clamp(0.5 * ndc + 0.5, 0.0, 1.0);
-  vec4 straight = blender_srgb_to_framebuffer_space(vec4(c.rgb / c.a, 1.0));
-  color = vec4(straight.rgb * c.a, c.a);
+  vec3 shown = clamp(c.rgb / c.a, 0.0, 1.0);
+  if (srgbTarget) {
+    shown = mix(shown / 12.92, pow((shown + 0.055) / 1.055, vec3(2.4)), step(vec3(0.04045), shown));
+  }
+  color = vec4(shown * c.a, c.a);
 }
 """
 
@@ -165,6 +171,7 @@ def overlay_shader() -> Any:
     info = gpu.types.GPUShaderCreateInfo()
     info.push_constant("VEC4", "depth_map")
     info.push_constant("FLOAT", "depth_bias")
+    info.push_constant("BOOL", "srgbTarget")
     info.sampler(0, "FLOAT_2D", "image")
     info.sampler(1, "FLOAT_2D", "depth")
     stage = gpu.types.GPUStageInterfaceInfo("dreamwaltz_overlay")  # pyright: ignore[reportCallIssue]
@@ -244,7 +251,7 @@ def overlay_wanted(context: Any) -> bool:
 
 
 def draw_overlay() -> None:
-    context = bpy.context
+    context: Any = bpy.context
     if not overlay_wanted(context):
         return
     region, region_3d = context.region, context.region_data
