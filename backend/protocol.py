@@ -80,7 +80,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "export_ply": {"avatar": ("int", True), "path": ("str", True), "transforms": ("list", False),
                    "expression": ("list", False), "local_rotations": ("list", False)},
     "load_motion": {"path": ("str", True), "fps": ("number", False), "avatar": ("int", False),
-                    "slot": ("str", False)},
+                    "slot": ("str", False), "source_fps": ("number", False), "up_axis": ("str", False)},
     "shape": {"avatar": ("int", True), "betas": ("list", False), "height": ("number", False),
               "weight": ("number", False), "slot": ("str", False)},
     "release": {"slot": ("str", False), "all": ("bool", False)},

@@ -32,7 +32,7 @@ def register() -> None:
     reason = compat.unsupported_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    from . import create, engine, menus, shape, viewport
+    from . import create, engine, menus, paths, shape, viewport
 
     for cls in _classes():
         bpy.utils.register_class(cls)
@@ -40,6 +40,7 @@ def register() -> None:
     viewport.register()
     create.register()
     menus.register()
+    paths.register()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.add(engine.DreamWaltzRenderEngine.bl_idname)
 
@@ -47,9 +48,10 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import create, engine, menus, session, shape, viewport
+    from . import create, engine, menus, paths, session, shape, viewport
 
     session.shutdown()
+    paths.unregister()
     menus.unregister()
     create.unregister()
     viewport.unregister()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .compat import ActionWriter, new_action
-from .rig import EXPRESSION_KEY, ordered_pose_bones
+from .rig import EXPRESSION_KEY, FLOOR_KEY, ordered_pose_bones
 
 
 def axis_angle_to_quaternion(aa: np.ndarray) -> np.ndarray:
@@ -62,7 +62,8 @@ def _write_curve(writer: ActionWriter, path: str, index: int, frames: np.ndarray
 
 def key_motion(arm: Any, full_pose: np.ndarray, transl: np.ndarray, expression: np.ndarray,
                frame_start: int, name: str) -> Any:
-    """Key (N, 55, 3) local axis-angles, pelvis translation and expression on `arm`."""
+    """Key (N, 55, 3) local axis-angles, pelvis translation and expression on `arm`; a motion
+    with no translation at all is lifted so that the rest body's feet are on the floor."""
     n = full_pose.shape[0]
     frames = frame_start + np.arange(n, dtype=np.float32)
     writer = _new_action(arm, name)
@@ -74,6 +75,9 @@ def key_motion(arm: Any, full_pose: np.ndarray, transl: np.ndarray, expression: 
         for c in range(4):
             _write_curve(writer, path, c, frames, quats[:, j, c], pb.name)
     root = bones[0].name
+    transl = np.asarray(transl, dtype=np.float64)
+    if not np.any(transl):  # a motion without translation (talking, 265-column) stands on the floor
+        transl = transl + np.array([0.0, float(arm.get(FLOOR_KEY, 0.0)), 0.0])
     for c in range(3):
         _write_curve(writer, f'pose.bones["{root}"].location', c, frames, transl[:, c], root)
     count = len(arm.get(EXPRESSION_KEY, []))

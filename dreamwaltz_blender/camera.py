@@ -51,6 +51,28 @@ def render_size(scene: Any) -> tuple[int, int]:
     return max(1, int(r.resolution_x * scale)), max(1, int(r.resolution_y * scale))
 
 
+def render_region(scene: Any, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The Render Region (border) in pixels as Blender cuts it: (x, y from the bottom-left, w, h);
+    None when the whole frame renders."""
+    r = scene.render
+    if not r.use_border:
+        return None
+    x0, x1 = int(r.border_min_x * width), int(r.border_max_x * width)
+    y0, y1 = int(r.border_min_y * height), int(r.border_max_y * height)
+    if (x0, y0, x1, y1) == (0, 0, width, height):
+        return None
+    return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
+
+
+def crop_camera(camera: CameraCV, region: tuple[int, int, int, int]) -> CameraCV:
+    """The same camera seeing only `region` (Blender pixels, bottom-left origin) of its frame."""
+    x0, y0, w, h = region
+    K = camera.K.copy()
+    K[0, 2] -= x0
+    K[1, 2] -= camera.height - (y0 + h)
+    return dataclasses.replace(camera, K=K, width=int(w), height=int(h))
+
+
 def _rigid_inverse(matrix_world: Any) -> np.ndarray:
     m = np.array(matrix_world, dtype=np.float64)
     rot = m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0, keepdims=True)  # drop object scale

@@ -1,5 +1,5 @@
-"""The compositor: the avatars over a plate (a video or image sequence, also shown in the camera
-view), merged by depth with the scene's meshes when the scene renders with them.
+"""The compositor: the avatars over a plate (a video, image sequence or still, also shown in the
+camera view), merged by depth with the scene's meshes when the scene renders with them.
 
 The render (or, with the meshes, the nearer of the scene's and the avatars' render with the
 other one behind it, `scene_composite.py`) goes Alpha Over the plate; with a plate the view
@@ -12,6 +12,7 @@ once the new ones are complete.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 TREE_NAME = "DreamWaltz Composite"
@@ -21,8 +22,15 @@ class PlateError(ValueError):
     pass
 
 
+PLATE_KEY = "dreamwaltz_plate"  # on the movie clip and image a plate made (their paths are kept relative)
+
+
 def load_clip(path: str) -> Any:
+    """The plate as a movie clip: what the camera shows in the viewport, and its size, length and
+    rate."""
     import bpy
+
+    from .paths import stored_path
 
     if not os.path.exists(path):
         raise PlateError(f"the plate {path} does not exist")
@@ -32,21 +40,66 @@ def load_clip(path: str) -> Any:
         raise PlateError(f"Blender cannot read the plate {path}: {exc}") from exc
     if clip.size[0] == 0 or clip.size[1] == 0:
         raise PlateError(f"the plate {path} has no readable frames")
+    clip[PLATE_KEY] = True
+    if not clip.filepath.startswith("//"):
+        clip.filepath = stored_path(path)
     return clip
 
 
+def _first_number(path: str) -> int:
+    match = re.search(r"(\d+)$", os.path.splitext(os.path.basename(path))[0])
+    return int(match.group(1)) if match else 1
+
+
+def plate_image(clip: Any) -> Any:
+    """The plate as an image (what the compositor reads): past its last frame an image holds that
+    frame, where a movie clip goes black."""
+    import bpy
+
+    path = bpy.path.abspath(clip.filepath, library=clip.library)
+    image = bpy.data.images.load(path, check_existing=True)
+    image.source = "MOVIE" if clip.source == "MOVIE" else ("SEQUENCE" if clip.frame_duration > 1 else "FILE")
+    image[PLATE_KEY] = True
+    if not image.filepath.startswith("//"):
+        from .paths import stored_path
+
+        image.filepath = stored_path(path)
+    return image
+
+
+def plate_datablocks() -> list[Any]:
+    import bpy
+
+    return [item for item in (*bpy.data.movieclips, *bpy.data.images) if item.get(PLATE_KEY)]
+
+
+def motion_end(scene: Any) -> int | None:
+    """The last keyed frame of the scene's avatar rigs (None without motion)."""
+    import math
+
+    from .rig import is_avatar_rig
+
+    ends = [math.ceil(obj.animation_data.action.frame_range[1]) for obj in scene.objects
+            if is_avatar_rig(obj) and obj.animation_data is not None and obj.animation_data.action is not None]
+    return max(ends) if ends else None
+
+
 def match_scene(scene: Any, clip: Any, frame_start: int | None = None) -> None:
+    """Resolution from the plate; the frame range too, unless it is a still image (the scene's
+    range stays) or shorter than the motion (the range keeps the motion; the plate holds)."""
     r = scene.render
     r.resolution_x, r.resolution_y = int(clip.size[0]), int(clip.size[1])
     r.resolution_percentage = 100
     start = scene.frame_start if frame_start is None else frame_start
     clip.frame_start = start
     scene.frame_start = start
-    scene.frame_end = start + max(clip.frame_duration, 1) - 1
-    if clip.fps > 0 and clip.frame_duration > 1:
-        from .animation import set_scene_fps
+    if clip.frame_duration > 1:
+        end = start + clip.frame_duration - 1
+        scene.frame_end = max(end, motion_end(scene) or end)
+        if clip.fps > 0:
+            from .animation import set_scene_fps
 
-        set_scene_fps(scene, float(clip.fps))
+            set_scene_fps(scene, float(clip.fps))
 
 
 def show_in_camera(camera_obj: Any, clip: Any) -> None:
@@ -125,8 +178,11 @@ def _add_plate_nodes(tree: Any, scene: Any, clip: Any) -> list[tuple[Any, str]]:
         layers = _render_layers(tree, scene, (-400, 200))
         image, nodes = _output(layers, "Image"), [(layers, "Render Layers")]
     if clip is not None:
-        plate: Any = tree.nodes.new("CompositorNodeMovieClip")
-        plate.clip = clip
+        plate: Any = tree.nodes.new("CompositorNodeImage")
+        plate.image = plate_image(clip)
+        plate.frame_start, plate.frame_duration = clip.frame_start, max(int(clip.frame_duration), 1)
+        plate.frame_offset = _first_number(clip.filepath) - 1 if plate.image.source == "SEQUENCE" else 0
+        plate.use_cyclic, plate.use_auto_refresh = False, True
         plate.location = (-400, -300)
         over = _over(tree, _output(plate, "Image"), image, (100, 100))
         image = over.outputs[0]
@@ -136,17 +192,22 @@ def _add_plate_nodes(tree: Any, scene: Any, clip: Any) -> list[tuple[Any, str]]:
 
 
 def current_plate(scene: Any) -> Any:
-    """The movie clip behind the avatars in the scene's DreamWaltz compositor (None without)."""
+    """The movie clip of the plate behind the avatars in the scene's DreamWaltz compositor (None
+    without one)."""
+    import bpy
+
     from . import compat
 
     tree = compat.scene_compositor(scene)
     if tree is None or not (compat.uses_scene_tree() or tree.name.startswith(TREE_NAME)):
         return None
-    for node in tree.nodes:
-        if node.bl_idname == "CompositorNodeMovieClip" and (not compat.uses_scene_tree()
-                                                            or node.name == NODE_PREFIX + "Plate"):
-            return node.clip
-    return None
+    node = tree.nodes.get(NODE_PREFIX + "Plate")
+    image = getattr(node, "image", None)
+    if image is None:
+        return None
+    path = bpy.path.abspath(image.filepath, library=image.library)
+    return next((clip for clip in bpy.data.movieclips if clip.get(PLATE_KEY)
+                 and bpy.path.abspath(clip.filepath, library=clip.library) == path), None)
 
 
 KEEP = object()

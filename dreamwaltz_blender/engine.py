@@ -13,34 +13,37 @@ from typing import Any
 import numpy as np
 
 from . import session
-from .camera import CameraCV, camera_to_opencv, render_size
+from .camera import CameraCV, camera_to_opencv, crop_camera, render_region, render_size
+from .paths import resolved_path
+from .rig import OBJECT_KEY, avatar_path, expression_values, is_avatar_rig, local_rotations, skinning_transforms
 from .scene_composite import shot_scene
-from .rig import AVATAR_KEY, OBJECT_KEY, expression_values, is_avatar_rig, local_rotations, skinning_transforms
 
 DEPTH_EMPTY = 1.0e10  # Blender's Z for "nothing here"
 
 
 def scene_request(depsgraph: Any) -> tuple[list[dict], list[dict]]:
-    """Avatars and static Gaussian objects of the evaluated scene, as render request items."""
-    avatars, objects = [], []
-    for obj in depsgraph.objects:
-        if obj.hide_render:
-            continue
-        if is_avatar_rig(obj):
-            item = {"avatar": session.avatar_handle(obj[AVATAR_KEY]),
-                    "transforms": skinning_transforms(obj).tolist(),
-                    "local_rotations": local_rotations(obj).tolist()}
-            from .shape import current_betas, is_edited
+    """Avatars and static Gaussian objects of the evaluated scene, as render request items: every
+    instance, so a linked collection instance renders where its instancer puts it."""
+    from .shape import current_betas, is_edited
 
+    avatars, objects = [], []
+    for inst in depsgraph.object_instances:
+        obj = inst.object
+        if obj.hide_render or not (is_avatar_rig(obj) or OBJECT_KEY in obj):
+            continue
+        world = np.array(inst.matrix_world, dtype=np.float64)  # valid only while iterating: copy
+        if is_avatar_rig(obj):
+            item = {"avatar": session.avatar_handle(avatar_path(obj)),
+                    "transforms": skinning_transforms(obj, world).tolist(),
+                    "local_rotations": local_rotations(obj).tolist()}
             if is_edited(obj):
                 item["betas"] = current_betas(obj).tolist()
             expression = expression_values(obj)
             if any(expression):
                 item["expression"] = expression
             avatars.append(item)
-        elif OBJECT_KEY in obj:
-            objects.append({"object": session.object_handle(obj[OBJECT_KEY]),
-                            "matrix": np.array(obj.matrix_world).tolist()})
+        else:
+            objects.append({"object": session.object_handle(resolved_path(obj, OBJECT_KEY)), "matrix": world.tolist()})
     return avatars, objects
 
 
@@ -99,6 +102,10 @@ class DreamWaltzRenderEngine(_engine_base()):
         self.update_stats("", f"DreamWaltz: frame {scene.frame_current}, posing and rasterizing")
         try:
             camera = camera_to_opencv(shot, shot.camera.evaluated_get(depsgraph), width, height)
+            region = render_region(shot, width, height)
+            if region is not None:  # Blender's result is the region's size, cropped or not
+                camera = crop_camera(camera, region)
+                width, height = camera.width, camera.height
             reply = render_camera(depsgraph, camera, world_background(scene))
         except Exception as exc:  # one clear report; Blender shows it in the status bar
             self.report({"ERROR"}, f"DreamWaltz render failed: {exc}")

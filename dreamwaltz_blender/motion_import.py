@@ -14,18 +14,25 @@ import numpy as np
 from . import session
 from .animation import fps_of, key_motion, set_scene_fps
 from .camera import apply_opencv
-from .rig import AVATAR_KEY, Y_UP_TO_Z_UP
+from .rig import AVATAR_KEY, Y_UP_TO_Z_UP, avatar_path
 
 
-def fetch_motion(path: str, fps: float | None, context: Any = None) -> dict:
-    """The backend's `load_motion`: metadata plus arrays (full_pose, transl, expression, camera)."""
+def fetch_motion(path: str, fps: float | None, context: Any = None, source_fps: float | None = None,
+                 up_axis: str | None = None) -> dict:
+    """The backend's `load_motion`: metadata plus arrays (full_pose, transl, expression, camera),
+    and the loader's `notes` for the user. `source_fps` and `up_axis` override what the file
+    says (or what is detected from the body)."""
     c = session.client(context)
     rig_avatar = None
     if context is not None and context.active_object is not None and AVATAR_KEY in context.active_object:
-        rig_avatar = session.avatar_handle(context.active_object[AVATAR_KEY], context)
+        rig_avatar = session.avatar_handle(avatar_path(context.active_object), context)
     fields: dict[str, Any] = {"path": os.path.abspath(path), "slot": "motion"}
     if fps:
         fields["fps"] = float(fps)
+    if source_fps:
+        fields["source_fps"] = float(source_fps)
+    if up_axis:
+        fields["up_axis"] = up_axis
     if rig_avatar is not None:
         fields["avatar"] = rig_avatar
     reply = c.request("load_motion", **fields)
@@ -35,14 +42,15 @@ def fetch_motion(path: str, fps: float | None, context: Any = None) -> dict:
 
 
 def import_motion(context: Any, arm: Any, path: str, target_fps: float = 0.0, use_source_fps: bool = False,
-                  frame_start: int | None = None) -> dict:
+                  frame_start: int | None = None, source_fps: float | None = None,
+                  up_axis: str | None = None) -> dict:
     """Key a motion file on `arm`; the scene's rate is the target unless told otherwise."""
     scene = context.scene
     if use_source_fps:
-        motion = fetch_motion(path, None, context)
+        motion = fetch_motion(path, None, context, source_fps, up_axis)
         set_scene_fps(scene, float(motion["fps"]))
     else:
-        motion = fetch_motion(path, target_fps or fps_of(scene), context)
+        motion = fetch_motion(path, target_fps or fps_of(scene), context, source_fps, up_axis)
     start = scene.frame_start if frame_start is None else frame_start
     name = f"{arm.name}|{os.path.splitext(os.path.basename(path))[0]}"
     key_motion(arm, motion["full_pose"], motion["transl"], motion["expression"], start, name)

@@ -14,7 +14,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from . import session
 from .client import BackendError
-from .rig import AVATAR_KEY, OBJECT_KEY, build_rig, is_avatar_rig
+from .paths import stored_path
+from .rig import AVATAR_KEY, OBJECT_KEY, avatar_path, build_rig, is_avatar_rig
 from .rollback import Change
 
 USER_ERRORS = (BackendError, ValueError, OSError, RuntimeError)
@@ -149,7 +150,7 @@ class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
         mesh = bpy.data.meshes.new(name)
         mesh.from_pydata(corners, edges, [])
         obj = bpy.data.objects.new(name, mesh)
-        obj[OBJECT_KEY] = path
+        obj[OBJECT_KEY] = stored_path(path)
         obj["dreamwaltz_gaussians"] = int(reply["num_gaussians"])
         if self.y_up:
             obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
@@ -171,6 +172,15 @@ class DREAMWALTZ_OT_import_motion(NeedsRig, _FromFile, bpy.types.Operator):
                                  description="Set the scene to the motion's own frame rate instead of resampling")
     frame_start: IntProperty(name="Start Frame", default=-1,  # type: ignore[valid-type]
                              description="First frame of the motion (-1: the scene's start)")
+    source_fps: FloatProperty(  # type: ignore[valid-type]
+        name="Source FPS", default=0.0, min=0.0, max=1000.0,
+        description="The file's own frame rate, for files that do not store one (0: the file's, else the "
+                    "format's default; DreamWaltz-G's 265-column aist.npy is 60)")
+    up_axis: EnumProperty(  # type: ignore[valid-type]
+        name="Up Axis", default="AUTO",
+        items=[("AUTO", "Automatic", "From the format, else read off the body (a standing body's up direction)"),
+               ("Y", "Y Up", ""), ("Z", "Z Up", "AMASS and most motion capture"), ("-Y", "-Y Up", "OpenCV camera space"),
+               ("-Z", "-Z Up", "")])
 
     def apply(self, context: Any) -> set[str]:
         from .motion_import import import_motion
@@ -180,9 +190,12 @@ class DREAMWALTZ_OT_import_motion(NeedsRig, _FromFile, bpy.types.Operator):
         self.change.keep_rig(arm)
         start = None if self.frame_start < 0 else self.frame_start
         motion = import_motion(context, arm, bpy.path.abspath(self.filepath), self.target_fps,
-                               self.use_source_fps, start)
+                               self.use_source_fps, start, self.source_fps or None,
+                               None if self.up_axis == "AUTO" else self.up_axis)
+        for note in motion.get("notes", []):
+            self.report({"WARNING"}, f"{os.path.basename(self.filepath)}: {note}")
         self.report({"INFO"}, f"imported {motion['num_frames']} frames ({motion['format']}, "
-                              f"{motion['source_fps']:g} -> {motion['fps']:g} fps)")
+                              f"{motion['source_fps']:g} -> {motion['fps']:g} fps, {motion['source_up_axis']} up)")
         return {"FINISHED"}
 
 
@@ -251,7 +264,7 @@ class DREAMWALTZ_OT_export_ply(NeedsRig, _FromFile, bpy.types.Operator):
         path = bpy.path.abspath(self.filepath)
         if not path.lower().endswith(".ply"):
             path += ".ply"
-        fields: dict[str, Any] = {"avatar": session.avatar_handle(arm[AVATAR_KEY], context), "path": path}
+        fields: dict[str, Any] = {"avatar": session.avatar_handle(avatar_path(arm), context), "path": path}
         if self.pose == "CURRENT":
             evaluated = arm.evaluated_get(context.evaluated_depsgraph_get())
             to_rig = np.linalg.inv(np.array(evaluated.matrix_world, dtype=np.float64))

@@ -18,6 +18,7 @@ AVATAR_KEY = "dreamwaltz_avatar"          # object property: the avatar folder o
 EXPRESSION_KEY = "expression"             # animatable array property on the rig object
 OBJECT_KEY = "dreamwaltz_ply"             # object property: the .ply of a static Gaussian object
 JOINTS_KEY = "dreamwaltz_joints"          # rig property: joint names in SMPL-X order, comma-separated
+FLOOR_KEY = "dreamwaltz_floor"            # rig property: pelvis height that puts the rest body's feet at z = 0
 Y_UP_TO_Z_UP = (math.pi / 2, 0.0, 0.0)    # rotation_euler of the armature object
 
 
@@ -40,12 +41,17 @@ def build_rig(context: Any, name: str, rig: dict, avatar_path: str) -> Any:
     collection.objects.link(arm)
     arm.rotation_mode = "XYZ"
     arm.rotation_euler = Y_UP_TO_Z_UP
-    arm[AVATAR_KEY] = avatar_path
+    from .paths import stored_path
+
+    arm[AVATAR_KEY] = stored_path(avatar_path)
     arm["dreamwaltz_num_betas"] = int(rig["num_betas"])
     arm[JOINTS_KEY] = ",".join(rig["joint_names"])
     _add_bones(context, arm, rig["joint_names"], rig["parents"], rig["rest_joints"])
     for pb in getattr(arm.pose, "bones", ()):
         pb.rotation_mode = "QUATERNION"
+    floor = float(-np.min(rig["vertices"][:, 1]))  # the rest body's soles, below the pelvis (Y-up)
+    arm[FLOOR_KEY] = floor
+    ordered_pose_bones(arm)[0].location = (0.0, floor, 0.0)  # the pelvis: stands on the floor (z = 0)
     _add_expression(arm, int(rig["num_expression"]))
     mesh = _proxy_mesh(name, rig)
     collection.objects.link(mesh)
@@ -113,6 +119,12 @@ def _proxy_mesh(name: str, rig: dict) -> Any:
     return obj
 
 
+def avatar_path(obj: Any) -> str:
+    from .paths import resolved_path
+
+    return resolved_path(obj, AVATAR_KEY)
+
+
 def is_avatar_rig(obj: Any) -> bool:
     return obj is not None and obj.type == "ARMATURE" and AVATAR_KEY in obj
 
@@ -122,9 +134,10 @@ def ordered_pose_bones(arm: Any) -> list[Any]:
     return [arm.pose.bones[name] for name in str(arm[JOINTS_KEY]).split(",")]
 
 
-def skinning_transforms(arm_eval: Any) -> np.ndarray:
-    """(55, 4, 4) G_j = armature_world · pose_bone.matrix · bone.matrix_local⁻¹ (evaluated)."""
-    world = np.array(arm_eval.matrix_world, dtype=np.float64)
+def skinning_transforms(arm_eval: Any, world: np.ndarray | None = None) -> np.ndarray:
+    """(55, 4, 4) G_j = armature_world · pose_bone.matrix · bone.matrix_local⁻¹ (evaluated);
+    `world` replaces the armature's matrix (an instance's, for linked collection instances)."""
+    world = np.array(arm_eval.matrix_world if world is None else world, dtype=np.float64)
     bones = ordered_pose_bones(arm_eval)
     out = np.empty((len(bones), 4, 4))
     for i, pb in enumerate(bones):

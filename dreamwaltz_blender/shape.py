@@ -8,6 +8,7 @@ so the Gaussians follow. The trained shape is kept on the rig, so Reset returns 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import bpy
@@ -15,8 +16,9 @@ import numpy as np
 from bpy.props import FloatProperty, FloatVectorProperty, PointerProperty
 
 from . import session
+from .client import BackendError
 from .operators import NeedsRig, Reporting, require_rig
-from .rig import AVATAR_KEY, ordered_pose_bones
+from .rig import avatar_path, ordered_pose_bones
 
 TRAINED_KEY = "dreamwaltz_trained_betas"
 MAX_BETA = 5.0
@@ -40,28 +42,42 @@ def is_edited(arm: Any) -> bool:
     return bool(np.any(np.abs(current_betas(arm) - trained_betas(arm)) > 1e-7))
 
 
+def _fields(arm: Any, betas: np.ndarray | None = None, height: float | None = None,
+            weight: float | None = None) -> dict:
+    fields: dict[str, Any] = {"avatar": session.avatar_handle(avatar_path(arm)),
+                              "betas": [float(b) for b in (current_betas(arm) if betas is None else betas)]}
+    if height is not None:
+        fields["height"] = float(height)
+    if weight is not None:
+        fields["weight"] = float(weight)
+    return fields
+
+
 def _request(arm: Any, **fields: Any) -> dict:
     client = session.client()
-    reply = client.request("shape", avatar=session.avatar_handle(arm[AVATAR_KEY]), **fields)
+    reply = client.request("shape", **_fields(arm, **fields))
     reply.update(client.arrays(reply, copy=True))
-    client.release(reply["slot"])
     return reply
 
 
 def apply(context: Any, arm: Any, betas: np.ndarray | None = None, height: float | None = None,
           weight: float | None = None) -> dict:
-    """Reshape the rig: bone rest positions, proxy mesh, and the sliders' displayed values."""
-    fields: dict[str, Any] = {"betas": [float(b) for b in (current_betas(arm) if betas is None else betas)]}
-    if height is not None:
-        fields["height"] = float(height)
-    if weight is not None:
-        fields["weight"] = float(weight)
-    reply = _request(arm, **fields)
+    """Reshape the rig now (blocking: for operators and scripts)."""
+    reply = _request(arm, betas=betas, height=height, weight=weight)
+    apply_reply(context, arm, reply)
+    return reply
+
+
+def apply_reply(context: Any, arm: Any, reply: dict, sliders: bool = True) -> None:
+    """A shape reply onto the rig: bone rest positions, proxy mesh, and (unless a newer slider
+    move is waiting) the sliders' displayed values."""
     _set_rest_joints(context, arm, reply["rest_joints"])
     for child in arm.children:
         if child.type == "MESH" and len(child.data.vertices) == len(reply["vertices"]):
             child.data.vertices.foreach_set("co", reply["vertices"].reshape(-1))
             child.data.update()
+    if not sliders:
+        return
     _busy.add(arm.name)
     try:
         shape = arm.dreamwaltz_shape
@@ -71,7 +87,6 @@ def apply(context: Any, arm: Any, betas: np.ndarray | None = None, height: float
         shape.weight = reply["weight"]
     finally:
         _busy.discard(arm.name)
-    return reply
 
 
 def _set_rest_joints(context: Any, arm: Any, joints: np.ndarray) -> None:
@@ -91,39 +106,72 @@ def _set_rest_joints(context: Any, arm: Any, joints: np.ndarray) -> None:
     context.view_layer.objects.active = previous_active
 
 
-def _deferred(name: str, **targets: Any) -> None:
-    """Slider callbacks run where mode switches are not allowed: rebuild from a timer."""
-    def run() -> None:
+@dataclasses.dataclass
+class SliderQueue:
+    """One rig's slider moves, coalesced: at most one shape request in flight; moves made while
+    it runs collapse into the latest, sent once the reply is on the rig. The main thread only
+    sends and applies; the backend computes in its own process."""
+
+    wanted: dict | None = None   # the latest move not sent yet: {} (betas), {"height": h} or {"weight": w}
+    future: Any = None
+    error: str = ""
+
+
+_queues: dict[str, SliderQueue] = {}  # per rig name, between timer calls (Blender's timers need it)
+
+
+def schedule(name: str, **targets: Any) -> None:
+    _queues.setdefault(name, SliderQueue()).wanted = targets
+    if not bpy.app.timers.is_registered(_tick):
+        bpy.app.timers.register(_tick, first_interval=0.0)
+
+
+def tick() -> bool:
+    """Apply finished replies and send waiting moves, without waiting; True while work is left."""
+    for name, queue in list(_queues.items()):
         arm = bpy.data.objects.get(name)
         if arm is None:
-            return None
-        context = bpy.context
-        with context.temp_override(active_object=arm, object=arm):
-            try:
-                apply(context, arm, **targets)
-            except Exception as exc:  # shown in the status bar; the rig is left as it was
-                print(f"DreamWaltz shape update failed: {exc}")
-        return None
+            del _queues[name]
+            continue
+        try:
+            if queue.future is not None and queue.future.done():
+                future, queue.future = queue.future, None
+                client = session.client()
+                reply = client.result(future, 0)
+                reply.update(client.arrays(reply, copy=True))
+                with bpy.context.temp_override(active_object=arm, object=arm):
+                    apply_reply(bpy.context, arm, reply, sliders=queue.wanted is None)
+            if queue.future is None and queue.wanted is not None:
+                targets, queue.wanted = queue.wanted, None
+                queue.future = session.client().submit("shape", **_fields(arm, **targets))
+        except (BackendError, RuntimeError, ValueError) as exc:  # the rig stays as it was
+            queue.error, queue.future, queue.wanted = str(exc), None, None
+            print(f"DreamWaltz shape update failed: {exc}")
+        if queue.future is None and queue.wanted is None:
+            del _queues[name]
+    return bool(_queues)
 
-    bpy.app.timers.register(run, first_interval=0.0)
+
+def _tick() -> float | None:
+    return 0.02 if tick() else None
 
 
 def _on_betas(self: Any, context: Any) -> None:
     arm = self.id_data
     if arm.name not in _busy and not bpy.app.background:
-        _deferred(arm.name)
+        schedule(arm.name)
 
 
 def _on_height(self: Any, context: Any) -> None:
     arm = self.id_data
     if arm.name not in _busy and not bpy.app.background:
-        _deferred(arm.name, height=self.height)
+        schedule(arm.name, height=self.height)
 
 
 def _on_weight(self: Any, context: Any) -> None:
     arm = self.id_data
     if arm.name not in _busy and not bpy.app.background:
-        _deferred(arm.name, weight=self.weight)
+        schedule(arm.name, weight=self.weight)
 
 
 class DreamWaltzShape(bpy.types.PropertyGroup):
@@ -189,6 +237,9 @@ def register() -> None:
 
 
 def unregister() -> None:
+    if bpy.app.timers.is_registered(_tick):
+        bpy.app.timers.unregister(_tick)
+    _queues.clear()
     bpy.utils.unregister_class(DREAMWALTZ_OT_reset_shape)
     bpy.utils.unregister_class(DREAMWALTZ_OT_apply_shape)
     delattr(bpy.types.Object, "dreamwaltz_shape")

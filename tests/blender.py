@@ -40,5 +40,5 @@ def run_blender(script: str, tmp_path: Path, timeout: float = 600, env: dict | N
     result = json.loads(out.read_text())
     if not result.get("ok"):
         raise AssertionError(f"Blender script failed:\n{result.get('traceback')}\n--- stderr ---\n{proc.stderr[-3000:]}")
-    result["_stderr"] = proc.stderr
+    result["_stdout"], result["_stderr"] = proc.stdout, proc.stderr
     return result

@@ -4,6 +4,7 @@ reason, in the File menus, exporting PLY, and leaving the scene exactly as it wa
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from .blender import run_blender
@@ -108,3 +109,31 @@ def test_failed_add_avatar_and_ply_import_change_nothing(avatar_dir, tmp_path):
     assert "injected failure" in result["avatar_error"]
     assert result["avatar_changed"] == [], "no half-built rig, collection, selection or mode is left"
     assert "broken.ply" in result["ply_error"] and result["ply_changed"] == []
+
+
+def test_slider_moves_are_queued_coalesced_and_end_at_the_latest(avatar_dir, body, tmp_path):
+    result = run_blender(f"""
+        import time
+        from dreamwaltz_blender import session, shape
+        bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
+        arm = bpy.context.active_object
+        client = session.client()
+        sent = []
+        real_submit = client.submit
+        client.submit = lambda op, **kw: sent.append(kw) or real_submit(op, **kw)
+        for target in (1.70, 1.75, 1.80, 1.85, 1.92):   # a drag: moves faster than the backend answers
+            shape.schedule(arm.name, height=target)
+            t = time.perf_counter()
+            shape.tick()
+            result.setdefault("tick_ms", []).append((time.perf_counter() - t) * 1e3)
+        while shape.tick():
+            time.sleep(0.01)
+        result.update(sent=[kw.get("height") for kw in sent], height=arm.dreamwaltz_shape.height,
+                      betas=list(arm.dreamwaltz_shape.betas),
+                      heads=[list(arm.data.bones[n].head_local) for n in arm["dreamwaltz_joints"].split(",")],
+                      queues=len(shape._queues))
+    """, tmp_path)
+    assert result["sent"][0] == 1.70 and result["sent"][-1] == 1.92
+    assert len(result["sent"]) < 5, "moves made while a request runs collapse into the latest"
+    assert result["height"] == pytest.approx(1.92, abs=2e-3) and result["queues"] == 0
+    np.testing.assert_allclose(result["heads"], body.rest_joints(torch.tensor(result["betas"])).numpy(), atol=1e-5)

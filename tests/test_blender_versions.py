@@ -109,6 +109,13 @@ def test_smoke_flow_and_failures_that_change_nothing(avatar_dir, body, shared_da
         result["mid_plate_changed"] = changed(before)
         compositing._add_plate_nodes = real_nodes
 
+        prefs = bpy.context.preferences.addons["dreamwaltz_blender"].preferences
+        prefs.python = {str(tmp_path / "no-python")!r}  # a backend that cannot start
+        before = scene_state()
+        result["no_backend"] = refused(bpy.ops.dreamwaltz.import_motion, filepath={str(second)!r})
+        result["no_backend_changed"] = changed(before)
+        prefs.python = ""
+
         for _ in range(2):  # set up twice: the second replaces the first
             assert bpy.ops.dreamwaltz.setup_plate(filepath={str(plate)!r}) == {{"FINISHED"}}
         result["compositor"] = scene_state()["compositor"]
@@ -136,6 +143,8 @@ def test_smoke_flow_and_failures_that_change_nothing(avatar_dir, body, shared_da
     assert "none.mp4" in result["missing_plate"] and result["missing_plate_changed"] == []
     assert "injected failure" in result["mid_plate"]
     assert result["mid_plate_changed"] == [], "a plate that fails half-way leaves no trace"
+    assert "no-python" in result["no_backend"] and "preferences" in result["no_backend"]
+    assert result["no_backend_changed"] == [], "a backend that cannot start changes nothing"
 
     loaded = load_motion(motion, body_model=body).resample(30.0)
     got = result["motion"]

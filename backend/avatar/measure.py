@@ -1,8 +1,8 @@
 """Body measurements for shape controls: height and weight of a shape, and how they change.
 
 The add-on's height and weight sliders map to betas through these numbers: the exact height and
-weight of the current shape and their gradients with respect to the first betas (finite
-differences on the body model itself). A slider move takes a minimal-norm step in beta space
+weight of the current shape and their gradients with respect to the first betas (autograd
+through the body model itself: the shape is linear in the betas, the volume cubic). A slider move takes a minimal-norm step in beta space
 that changes the one measurement and keeps the other; repeated moves converge like Newton's
 method. Height is the body's vertical extent in its rest pose; weight is the rest mesh's volume
 times 985 kg/m³ (the density of the human body). The open template is a mannequin of
@@ -20,32 +20,36 @@ BODY_DENSITY = 985.0  # kg / m^3
 CONTROLLED_BETAS = 10
 
 
-def _volume(vertices: torch.Tensor, faces: torch.Tensor) -> float:
+def _volume(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     tri = vertices[faces].double()
-    return float(torch.einsum("fi,fi->f", tri[:, 0], torch.linalg.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
+    return torch.einsum("fi,fi->f", tri[:, 0], torch.linalg.cross(tri[:, 1], tri[:, 2])).sum() / 6.0
+
+
+def _measures(body: Any, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    v = body.shaped_vertices(betas)
+    faces = torch.as_tensor(body.faces, device=v.device)
+    return v[:, 1].max() - v[:, 1].min(), _volume(v, faces) * BODY_DENSITY
 
 
 def measure(body: Any, betas: np.ndarray) -> tuple[float, float]:
     """(height m, weight kg) of the rest body for full `betas`."""
-    v = body.shaped_vertices(torch.as_tensor(betas, dtype=torch.float32, device=body.device))
-    faces = torch.as_tensor(body.faces, device=v.device)
-    return float(v[:, 1].max() - v[:, 1].min()), _volume(v, faces) * BODY_DENSITY
+    with torch.no_grad():
+        h, w = _measures(body, torch.as_tensor(betas, dtype=torch.float32, device=body.device))
+    return float(h), float(w)
 
 
-def shape_report(body: Any, betas: np.ndarray, step: float = 0.1) -> dict:
-    """Height and weight of `betas` and their gradients over the first 10 betas."""
-    betas = np.asarray(betas, dtype=np.float64)
-    height, weight = measure(body, betas)
-    n = min(CONTROLLED_BETAS, body.num_betas)
-    grad_h, grad_w = np.zeros(n), np.zeros(n)
-    for k in range(n):
-        up, down = betas.copy(), betas.copy()
-        up[k] += step
-        down[k] -= step
-        (h1, w1), (h0, w0) = measure(body, up), measure(body, down)
-        grad_h[k], grad_w[k] = (h1 - h0) / (2 * step), (w1 - w0) / (2 * step)
-    return {"height": height, "weight": weight, "height_gradient": grad_h.tolist(),
-            "weight_gradient": grad_w.tolist()}
+def shape_report(body: Any, betas: np.ndarray) -> dict:
+    """Height and weight of `betas` and their exact gradients over the first 10 betas (autograd:
+    one forward and two backward passes, where finite differences took 21 forward ones)."""
+    full = torch.as_tensor(np.asarray(betas, dtype=np.float64), dtype=torch.float32, device=body.device)
+    n = min(CONTROLLED_BETAS, body.num_betas, full.numel())
+    with torch.enable_grad():  # the server answers requests under no_grad
+        controlled = full[:n].clone().requires_grad_(True)
+        height, weight = _measures(body, torch.cat([controlled, full[n:]]))
+        grad_h, = torch.autograd.grad(height, controlled, retain_graph=True)
+        grad_w, = torch.autograd.grad(weight, controlled)
+    return {"height": float(height.detach()), "weight": float(weight.detach()),
+            "height_gradient": grad_h.double().cpu().tolist(), "weight_gradient": grad_w.double().cpu().tolist()}
 
 
 def step_towards(betas: np.ndarray, report: dict, height: float | None = None, weight: float | None = None,

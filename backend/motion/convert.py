@@ -132,6 +132,22 @@ def body_up_vectors(global_orient: np.ndarray) -> np.ndarray:
     return aa_to_mat(global_orient)[:, :, 1]
 
 
+def detect_up(global_orient: np.ndarray, default: str = "Z") -> str:
+    """The world axis the body stands along ("Y", "-Y", "Z", "-Z", "X", "-X"), from the median
+    over the clip of its up vector; a clip that stands along none of them keeps `default`.
+
+    For files whose convention is not reliable (AMASS-layout .npz: AMASS itself is Z-up, but
+    many SMPL-X exports in the same layout are Y-up and would import lying down)."""
+    finite = np.all(np.isfinite(global_orient), axis=1)
+    if not finite.any():
+        return default
+    up = np.median(body_up_vectors(global_orient[finite]), axis=0)
+    k = int(np.argmax(np.abs(up)))
+    if abs(up[k]) < 0.7:
+        return default
+    return ("-" if up[k] < 0 else "") + "XYZ"[k]
+
+
 def detect_vertical(global_orient: np.ndarray, default: str = "Y") -> str:
     """'Y' or '-Y' from the sign of the body's median up vector along Y.
 

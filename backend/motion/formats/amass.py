@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..convert import add_hand_mean
+from ..convert import add_hand_mean, detect_up
 from ..errors import MotionError
 from ..types import Motion
 from ._common import LoadContext, array, frames, require, scalar, text, zeros
@@ -84,7 +84,16 @@ def load(path, ctx: LoadContext) -> Motion:
                   jaw_pose=np.asarray(jaw, np.float32), leye_pose=np.asarray(leye, np.float32),
                   reye_pose=np.asarray(reye, np.float32), expression=expression.astype(np.float32),
                   transl=transl.astype(np.float32), betas=None if betas is None else betas.astype(np.float32),
-                  gender=gender, source_format="amass", source_up_axis="Y" if beat2 else "Z")
+                  gender=gender, source_format="amass", source_up_axis="Y" if beat2 else _up_axis(orient, ctx))
+
+
+def _up_axis(orient: np.ndarray, ctx: LoadContext) -> str:
+    """AMASS is Z-up; other SMPL-X exports in its layout are often Y-up: read it off the body."""
+    axis = detect_up(orient, default="Z")
+    if axis != "Z":
+        ctx.notes.append(f"the body stands along {axis}, not Z as in AMASS: read as {axis}-up (the import's "
+                         "Up Axis overrides this)")
+    return axis
 
 
 def _fps(z, keys, path, ctx) -> float:
