@@ -10,7 +10,6 @@ extension validator when the `bpy` module is installed. Tests, caches and data s
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -72,15 +71,15 @@ def build(out_dir: Path) -> Path:
         raise BuildError("; ".join(problems))
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
-    tmp = target.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    from backend.files import atomic_path
+
+    with atomic_path(target, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(MANIFEST, "blender_manifest.toml")
         for path in _files(ADDON):
             zf.write(path, path.relative_to(ADDON).as_posix())
         for path in _files(BACKEND):
             zf.write(path, ("backend_src" / path.relative_to(ROOT)).as_posix())
         zf.writestr("backend_src/requirements.txt", (ROOT / "requirements.txt").read_text())
-    os.replace(tmp, target)
     return target
 
 

@@ -129,7 +129,9 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        from backend.files import write_text_atomic
+
+        write_text_atomic(args.out, text)
     return 0
 
 

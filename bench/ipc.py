@@ -169,11 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_suffix(out.suffix + ".tmp")
-        tmp_out.write_text(text)
-        os.replace(tmp_out, out)
+        from backend.files import write_text_atomic
+
+        write_text_atomic(args.out, text)
     return 0
 
 

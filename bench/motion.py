@@ -94,7 +94,9 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        from backend.files import write_text_atomic
+
+        write_text_atomic(args.out, text + "\n")
     return 0 if total_s < 1.0 else 1
 
 

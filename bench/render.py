@@ -107,7 +107,9 @@ def main() -> int:
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        from backend.files import write_text_atomic
+
+        write_text_atomic(args.out, text)
     return 0
 
 

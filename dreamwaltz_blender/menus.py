@@ -1,4 +1,4 @@
-"""File › Import (Avatar, Motion, Gaussian PLY) and File › Export (Gaussian PLY) entries."""
+"""File › Import (Avatar, Motion, Gaussian Splats) and File › Export (Gaussian PLY) entries."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 IMPORTS = (("dreamwaltz.add_avatar", "DreamWaltz Avatar (folder)", "ARMATURE_DATA"),
            ("dreamwaltz.import_motion", "DreamWaltz Motion (.npz, .npy, .pkl, .json)", "ACTION"),
-           ("dreamwaltz.import_ply", "Gaussian Splats (.ply)", "POINTCLOUD_DATA"))
+           ("dreamwaltz.import_ply", "Gaussian Splats (.ply, .splat, .spz, .glb)", "POINTCLOUD_DATA"))
 EXPORTS = (("dreamwaltz.export_ply", "Gaussian Splats (.ply)", "POINTCLOUD_DATA"),)
 
 

@@ -127,20 +127,26 @@ class DREAMWALTZ_OT_add_avatar(_FromFile, bpy.types.Operator):
         self.report({"INFO"}, f"meshes render with {engine}, avatars with DreamWaltz (scene {other.name!r})")
 
 
+UP_AXES = (("AUTO", "Auto", "The convention of the file's format: -Y for .ply and .splat captures (COLMAP), "
+             "Y for .spz, glTF and DreamWaltz exports"),
+           ("Y", "Y Up", "Y is up (DreamWaltz exports, .spz, glTF, most web viewers)"),
+           ("NEG_Y", "-Y Up (COLMAP)", "Y points down: captures trained on COLMAP poses (INRIA, Brush, SuperSplat)"),
+           ("Z", "Z Up", "Already Z-up like Blender"))
+UP_ROTATIONS = {"y": (1.5707963267948966, 0.0, 0.0), "-y": (-1.5707963267948966, 0.0, 0.0), "z": (0.0, 0.0, 0.0)}
+
+
 class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
-    """Import a 3DGS .ply as a static Gaussian object that renders together with avatars"""
+    """Import a 3DGS file (.ply, compressed .ply, .splat, .spz, .glb) as a static Gaussian object that renders together with avatars"""
 
     bl_idname = "dreamwaltz.import_ply"
-    bl_label = "Import Gaussian PLY"
+    bl_label = "Import Gaussian Splats"
     bl_options = {"REGISTER", "UNDO"}
-    filepath: StringProperty(name="PLY File", subtype="FILE_PATH")  # type: ignore[valid-type]
-    filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})  # type: ignore[valid-type]
-    y_up: BoolProperty(name="Y Up", default=True,  # type: ignore[valid-type]
-                       description="The file is Y-up (as DreamWaltz exports); rotate it to Blender's Z-up")
+    filepath: StringProperty(name="Gaussian File", subtype="FILE_PATH")  # type: ignore[valid-type]
+    filter_glob: StringProperty(default="*.ply;*.splat;*.spz;*.glb;*.gltf", options={"HIDDEN"})  # type: ignore[valid-type]
+    up_axis: EnumProperty(name="Up Axis", items=UP_AXES, default="AUTO",  # type: ignore[valid-type]
+                          description="Which axis of the file is up; the object is rotated to Blender's Z-up")
 
     def apply(self, context: Any) -> set[str]:
-        import math
-
         path = bpy.path.abspath(self.filepath)
         reply = session.load("objects", path, context)
         lo, hi = reply["bounds"]["min"], reply["bounds"]["max"]
@@ -152,10 +158,12 @@ class DREAMWALTZ_OT_import_ply(_FromFile, bpy.types.Operator):
         obj = bpy.data.objects.new(name, mesh)
         obj[OBJECT_KEY] = stored_path(path)
         obj["dreamwaltz_gaussians"] = int(reply["num_gaussians"])
-        if self.y_up:
-            obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
+        up = reply.get("up", "y") if self.up_axis == "AUTO" else {"Y": "y", "NEG_Y": "-y", "Z": "z"}[self.up_axis]
+        obj.rotation_euler = UP_ROTATIONS.get(up, UP_ROTATIONS["y"])
         context.collection.objects.link(obj)
-        self.report({"INFO"}, f"imported {reply['num_gaussians']:,} Gaussians from {os.path.basename(path)}")
+        sh = f", SH degree {reply['sh_degree']}" if reply.get("sh_degree") else ""
+        self.report({"INFO"}, f"imported {reply['num_gaussians']:,} Gaussians from {os.path.basename(path)} "
+                              f"({reply.get('format', 'ply')}{sh}, {up} up)")
         return {"FINISHED"}
 
 

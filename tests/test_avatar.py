@@ -249,7 +249,23 @@ def test_export_ply_canonical_and_posed(tmp_path, avatar_dir):
     a, b = read_ply(rest), read_ply(posed)
     assert len(a) == len(b) == 6000
     assert (a.means - b.means).norm(dim=1).max() > 0.05
-    header = rest.read_bytes()[:600].decode("latin-1")
+    raw = rest.read_bytes()
+    header = raw[: raw.index(b"end_header")].decode("latin-1")
     props = [line.split()[-1] for line in header.splitlines() if line.startswith("property")]
-    assert props[:17] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
-                          "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert props == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2",
+                     *[f"f_rest_{i}" for i in range(45)], "opacity",
+                     "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+def test_export_to_web_formats_and_other_frames(tmp_path, avatar_dir):
+    from backend.gsio import read_gaussians
+
+    glb = tmp_path / "chef.glb"
+    run_backend("export-ply", "--avatar", str(avatar_dir), "--out", str(glb), check=True)
+    colmap = tmp_path / "chef.ply"
+    run_backend("export-ply", "--avatar", str(avatar_dir), "--out", str(colmap), "--up=-y", check=True)
+    a, b = read_gaussians(glb), read_gaussians(colmap)
+    assert len(a) == len(b) == 6000 and a.up == "y" and b.up == "-y"
+    np.testing.assert_allclose(b.means, a.means * [1, -1, -1], atol=1e-5)
+    bad = run_backend("export-ply", "--avatar", str(avatar_dir), "--out", str(tmp_path / "x.spz"), "--up=-y")
+    assert bad.returncode != 0 and "Y up by specification" in bad.stderr and not (tmp_path / "x.spz").exists()

@@ -415,8 +415,13 @@ def test_static_gaussian_objects_and_constrained_rigs_render(avatar_dir, tmp_pat
         scene.render.filepath = {str(shots["constrained"])!r}
         bpy.ops.render.render(write_still=True)
         result["statue_gaussians"] = statue["dreamwaltz_gaussians"]
+        result["auto_rotation"] = tuple(round(v, 4) for v in statue.rotation_euler)
+        assert bpy.ops.dreamwaltz.import_ply(filepath={str(ply)!r}, up_axis="NEG_Y") == {{"FINISHED"}}
+        result["colmap_rotation"] = tuple(round(v, 4) for v in bpy.context.collection.objects[-1].rotation_euler)
     """, tmp_path)
     assert result["statue_gaussians"] == 6000
+    assert tuple(result["auto_rotation"]) == (1.5708, 0.0, 0.0), "our export says Y up: turned to Blender's Z up"
+    assert tuple(result["colmap_rotation"]) == (-1.5708, 0.0, 0.0)
     both = np.asarray(Image.open(shots["both"]))[..., 3] > 128
     columns = np.nonzero(both.any(0))[0]
     gaps = np.nonzero(np.diff(columns) > 3)[0]

@@ -59,20 +59,23 @@ def test_header_has_exact_3dgs_property_order_and_binary_body(tmp_path):
     lines = header_of(p)
     assert lines[0] == "ply"
     assert lines[1] == "format binary_little_endian 1.0"
-    assert lines[2] == "element vertex 7"
-    assert lines[3:-1] == [f"property float {n}" for n in PROPERTIES]
-    assert [*PROPERTIES] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+    assert lines[2] == "comment dreamwaltz up_axis=y"
+    assert lines[3] == "element vertex 7"
+    assert lines[4:-1] == [f"property float {n}" for n in PROPERTIES]
+    rest = [f"f_rest_{i}" for i in range(45)]
+    assert [*PROPERTIES] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *rest, "opacity",
                              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     raw = p.read_bytes()
     body = raw[raw.index(b"end_header\n") + len(b"end_header\n"):]
-    assert len(body) == 7 * 17 * 4
-    data = np.frombuffer(body, dtype="<f4").reshape(7, 17)
-    # stored encodings: logit opacity, log scales, wxyz rotation, SH DC colour
+    assert len(body) == 7 * 62 * 4
+    data = np.frombuffer(body, dtype="<f4").reshape(7, 62)
+    # stored encodings: logit opacity, log scales, wxyz rotation, SH DC colour, zero f_rest
     o = g.opacities.double().numpy()
-    assert np.allclose(data[:, 9], np.log(o / (1 - o)), atol=1e-5)
-    assert np.allclose(data[:, 10:13], np.log(g.scales.double().numpy()), atol=1e-5)
-    assert np.allclose(data[:, 13:17], g.quats.numpy(), atol=1e-6)
+    assert np.allclose(data[:, 54], np.log(o / (1 - o)), atol=1e-5)
+    assert np.allclose(data[:, 55:58], np.log(g.scales.double().numpy()), atol=1e-5)
+    assert np.allclose(data[:, 58:62], g.quats.numpy(), atol=1e-6)
     assert np.allclose(data[:, 6:9], (g.colors.double().numpy() - 0.5) / SH_C0, atol=1e-5)
+    assert (data[:, 9:54] == 0).all()
     assert np.allclose(data[:, 3:6], normals.numpy())
     assert np.allclose(data[:, 0:3], g.means.numpy())
 
@@ -125,17 +128,24 @@ def test_reads_foreign_files_with_extra_properties_ascii_and_big_endian(tmp_path
     assert_same(g, read_ply(pb), tol=1e-5)
 
 
-def test_higher_sh_ignored_and_colours_clipped(tmp_path):
+def test_dc_colour_is_clamped_at_zero_only_and_a_lone_f_rest_is_refused(tmp_path):
+    """INRIA clamps colour at 0 after SH evaluation and never at 1 (issue 17); a file with one
+    f_rest property is inconsistent (SH needs 3, 8 or 15 per channel) and named as such."""
     p = tmp_path / "c.ply"
-    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "f_rest_0", "opacity", "scale_0", "scale_1", "scale_2",
+    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
              "rot_0", "rot_1", "rot_2", "rot_3"]
-    vals = [0, 0, 0, 10.0, -10.0, 0.0, 5.0, 0.0, 0, 0, 0, 2.0, 0, 0, 0]
+    vals = [0, 0, 0, 10.0, -10.0, 0.0, 0.0, 0, 0, 0, 2.0, 0, 0, 0]
     p.write_text("ply\nformat ascii 1.0\nelement vertex 1\n" + "".join(f"property float {n}\n" for n in names)
                  + "end_header\n" + " ".join(map(str, vals)) + "\n")
     g = read_ply(p)
-    assert torch.allclose(g.colors, torch.tensor([[1.0, 0.0, 0.5]]))
+    assert torch.allclose(g.colors, torch.tensor([[0.5 + SH_C0 * 10.0, 0.0, 0.5]]))
     assert torch.allclose(g.opacities, torch.tensor([0.5])) and torch.allclose(g.scales, torch.ones(1, 3))
     assert torch.allclose(g.quats, torch.tensor([[2.0, 0, 0, 0]]))  # stored as read; renderers normalise
+    q = tmp_path / "lone.ply"
+    q.write_text("ply\nformat ascii 1.0\nelement vertex 1\n" + "".join(f"property float {n}\n" for n in names)
+                 + "property float f_rest_0\nend_header\n" + " ".join(map(str, vals + [5.0])) + "\n")
+    with pytest.raises(PlyError, match="lone.ply: f_rest has 1 properties"):
+        read_ply(q)
 
 
 def test_not_a_ply_missing_property_and_truncation_raise_ply_error_naming_the_file(tmp_path):
@@ -187,12 +197,12 @@ def test_write_is_atomic_and_leaves_no_temp_file_on_failure(tmp_path, monkeypatc
     assert sorted(os.listdir(tmp_path)) == ["out.ply"]
 
     # failure half-way through writing: the temp file is removed, the old file stays
-    import backend.ply as ply_mod
+    import backend.files as files_mod
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ply_mod.os, "fsync", boom)
+    monkeypatch.setattr(files_mod.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         write_ply(target, sample_set(10, seed=3))
     assert target.read_bytes() == before

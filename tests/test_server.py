@@ -52,7 +52,7 @@ def test_hello(server):
     assert h["backend_version"] == __version__
     assert h["device"]["type"] == "cpu" and h["device"]["name"] and h["device"]["memory_bytes"] > 0
     assert h["rasterizer"] == "torch"
-    assert h["body_model"]["kind"] == "template" and len(h["body_model"]["sha256"]) == 64
+    assert h["body_model"]["kind"] == "template" and len(h["body_model"]["content_sha256"]) == 64
     assert h["shm_prefix"] == f"dw_{server.proc.pid}_"
     assert {"render_motion", "train", "selftest"} <= set(h["job_kinds"])
 
@@ -555,3 +555,47 @@ def test_hello_survives_a_bad_smplx_path(tmp_path):
         assert "does not exist" in h["body_model"]["error"]["message"]
     finally:
         assert s.close() == 0
+
+
+def test_sh_of_a_static_scene_reaches_the_renderer_and_turns_with_the_object(server, tmp_path):
+    """Issue 17: SH coefficients travel load_ply -> object matrix -> rasterizer -> shared memory;
+    the frame matches an independent evaluation (gsplat's reference SH formulas) along the view
+    directions expressed in the object's own frame."""
+    import math
+
+    import torch
+
+    from backend.gsio import write_gaussians
+    from backend.render import Camera, GaussianSet, rasterize
+    from backend.server.render_ops import transform_gaussians
+
+    from .test_gsio import sample
+    from .test_sh import psnr, reference_colors
+
+    s = sample(800, degree=3, seed=7, up="-y")
+    s.means[:, 2] *= 0.2
+    s.scales = s.scales * 0.5
+    write_gaussians(tmp_path / "room.ply", s)
+    obj = server.ok("load_ply", path=str(tmp_path / "room.ply"))
+    assert obj["format"] == "ply" and obj["up"] == "-y" and obj["sh_degree"] == 3
+    a = math.radians(35)
+    M = np.eye(4)
+    M[:3, :3] = [[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]]
+    M[:3, 3] = [0.1, 0.2, -0.5]
+    W, H = 40, 32
+    cam = front_camera(W, H, distance=4.0)
+    r = server.ok("render", width=W, height=H, camera=cam, slot="sh", rasterizer="torch",
+                  objects=[{"object": obj["object"], "matrix": M.tolist()}])
+    got = torch.as_tensor(read_array(r["arrays"]["rgba"])[..., :3].copy())
+    camera = Camera(np.asarray(cam["world_to_camera"]), np.asarray(cam["K"]), W, H, cam["near"], cam["far"])
+    g = s.to_gaussian_set()
+    placed = transform_gaussians(g, M)
+    # the object sees the camera from R^T (camera - t): evaluate there, in the file's own frame
+    campos_obj = M[:3, :3].T @ (camera.position - M[:3, 3])
+    ref_colors = reference_colors(g, campos_obj)
+    ref = rasterize(GaussianSet(placed.means, placed.quats, placed.scales, placed.opacities, ref_colors), camera,
+                    backend="torch").rgb
+    no_sh = rasterize(GaussianSet(placed.means, placed.quats, placed.scales, placed.opacities,
+                                  g.colors.clamp_min(0)), camera, backend="torch").rgb
+    assert psnr(got, ref) > 45.0, psnr(got, ref)
+    assert psnr(no_sh, ref) < psnr(got, ref) - 10.0

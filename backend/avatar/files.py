@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..files import atomic_folder, lfs_pointer_message
 from .gaussians import Avatar, AvatarMeta, BoundGaussians, FreeGaussians
 
 FORMAT = "dreamwaltz-avatar"
@@ -63,9 +62,9 @@ def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray |
     folder = Path(folder)
     if avatar.num_gaussians == 0:
         raise AvatarFileError(f"refusing to save {folder}: the avatar has no Gaussians")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    if folder.exists() and (not folder.is_dir() or (not (folder / META_FILE).exists() and any(folder.iterdir()))):
+        raise AvatarFileError(f"refusing to overwrite {folder}: it exists and is not an avatar folder")
+    with atomic_folder(folder) as staging:
         save_file(_tensors(avatar), str(staging / TENSOR_FILE))
         (staging / META_FILE).write_text(json.dumps(_meta_json(avatar), indent=2))
         if preview is None:
@@ -75,23 +74,7 @@ def save_avatar(avatar: Avatar, folder: str | os.PathLike, preview: np.ndarray |
         from PIL import Image
 
         Image.fromarray(preview).save(staging / PREVIEW_FILE)
-        _swap_into_place(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
-
-
-def _swap_into_place(staging: Path, folder: Path) -> None:
-    if not folder.exists():
-        os.replace(staging, folder)
-        return
-    if not (folder / META_FILE).exists() and any(folder.iterdir()):
-        raise AvatarFileError(f"refusing to overwrite {folder}: it exists and is not an avatar folder")
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    os.replace(folder, old)
-    os.replace(staging, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
@@ -118,19 +101,28 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _body_for(meta: dict[str, Any], folder: Path, body: Any, device: str | torch.device) -> Any:
+    """The body model the avatar was made on (by content hash), or a clear error naming it."""
     from ..body import BodyModel
     from ..body.template import cached_template_path
 
     wanted = meta.get("body_model", {})
     if body is None:
-        body = BodyModel(cached_template_path(), "template", device) if wanted.get("kind") == "template" \
+        body = BodyModel(cached_template_path(), device=device) if wanted.get("kind") == "template" \
             else BodyModel.load(None, device)
+    name, digest = wanted.get("name"), wanted.get("content_sha256")
     if wanted.get("kind") == "smplx" and body.kind != "smplx":
-        raise AvatarFileError(f"{folder} was made on the SMPL-X model {wanted.get('name')} "
-                              f"(sha256 {str(wanted.get('sha256'))[:12]}…): set DREAMWALTZ_SMPLX or the add-on's "
-                              "SMPL-X file to it")
+        raise AvatarFileError(f"{folder} was made on the SMPL-X model {name}"
+                              f"{f' (content sha256 {digest[:12]}…)' if digest else ''}: set DREAMWALTZ_SMPLX "
+                              "or the add-on's SMPL-X file to it")
+    if digest is not None and digest != body.identity["content_sha256"]:
+        what = ("an open template whose arrays differ from the one this DreamWaltz version generates "
+                "(re-create the avatar, or use the version that made it)") if wanted.get("kind") == "template" \
+            else f"{name}: set DREAMWALTZ_SMPLX or the add-on's SMPL-X file to that file"
+        raise AvatarFileError(f"{folder} was made on body model {name} (content sha256 {digest[:12]}…), but the "
+                              f"body model in use, {body.path.name}, is a different model (content sha256 "
+                              f"{body.identity['content_sha256'][:12]}…); it needs {what}")
     if wanted.get("num_vertices") != body.num_vertices or wanted.get("num_faces") != len(body.faces):
-        raise AvatarFileError(f"{folder} was made on body model {wanted.get('name')} with "
+        raise AvatarFileError(f"{folder} was made on body model {name} with "
                               f"{wanted.get('num_vertices')} vertices, but the body model in use "
                               f"({body.path.name}) has {body.num_vertices}")
     return body
@@ -161,6 +153,9 @@ def load_avatar(folder: str | os.PathLike, body: Any = None, device: str | torch
     path = folder / TENSOR_FILE
     if not path.exists():
         raise AvatarFileError(f"{folder} is incomplete: {TENSOR_FILE} is missing")
+    lfs = lfs_pointer_message(path)
+    if lfs:
+        raise AvatarFileError(f"{path} is {lfs}")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -26,6 +26,7 @@ REQUIRED_KEYS = ("v_template", "f", "weights", "J_regressor", "shapedirs", "pose
                  "kintree_table", "hands_componentsl", "hands_componentsr",
                  "hands_meanl", "hands_meanr", "lmk_faces_idx", "lmk_bary_coords")
 ENV_VAR = "DREAMWALTZ_SMPLX"
+TEMPLATE_MARKER = "template_kind"  # the key only the open template's generator writes
 
 
 class BodyModelError(ValueError):
@@ -56,11 +57,17 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
 
 
 def _validate_file(path: Path) -> dict[str, np.ndarray]:
+    from ..files import lfs_pointer_message
+
     if not path.exists():
         raise BodyModelError(f"body model file {path} does not exist")
+    lfs = lfs_pointer_message(path)
+    if lfs:
+        raise BodyModelError(f"body model file {path} is {lfs}")
     try:
         data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files if k in REQUIRED_KEYS or k.startswith(("dynamic_lmk", "part_of"))}
+        arrays = {k: data[k] for k in data.files if k in REQUIRED_KEYS or k.startswith(("dynamic_lmk", "part_of"))
+                  or k == TEMPLATE_MARKER}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BodyModelError(f"body model file {path} is not a readable SMPL-X .npz ({exc})") from exc
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
@@ -78,27 +85,44 @@ def _validate_file(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def resolve_path(path: str | os.PathLike | None = None) -> tuple[Path, str]:
-    """The body-model file to use and its kind: an explicit path, else $DREAMWALTZ_SMPLX, else
-    the open template (generated and cached on first use)."""
+def resolve_path(path: str | os.PathLike | None = None) -> Path:
+    """The body-model file to use: an explicit path, else $DREAMWALTZ_SMPLX, else the open
+    template (generated and cached on first use)."""
     if path:
-        return Path(path), "smplx"
+        return Path(path)
     env = os.environ.get(ENV_VAR)
     if env:
-        return Path(env), "smplx"
+        return Path(env)
     from .template import cached_template_path
 
-    return cached_template_path(), "template"
+    return cached_template_path()
+
+
+def content_hash(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of the arrays that define the body (mesh, rig, shape, pose and hand spaces,
+    landmarks), each by name, shape and value (floats as float64, integers as int64), so the
+    same model hashes alike whatever container, compression or dtype width stores it, and two
+    different models with equal vertex counts do not."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in arrays if k in REQUIRED_KEYS):
+        a = np.asarray(arrays[key])
+        a = a.astype("<f8") if a.dtype.kind == "f" else a.astype("<i8") if a.dtype.kind in "iub" else a
+        h.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 class BodyModel:
     """An SMPL-X body (real or open template) that can be shaped and posed on any torch device."""
 
-    def __init__(self, path: Path, kind: str, device: str | torch.device = "cpu") -> None:
+    def __init__(self, path: Path, kind: str | None = None, device: str | torch.device = "cpu") -> None:
+        """`kind` ("template" or "smplx") is read from the file's content unless a caller states it."""
         import smplx
 
+        path = Path(path)
         arrays = _validate_file(path)
-        digest = _sha256(path)
+        kind = kind or ("template" if TEMPLATE_MARKER in arrays else "smplx")
+        digest = content_hash(arrays)
         loadable = path if kind == "template" else _sanitized_copy(arrays, digest)
         with contextlib.redirect_stdout(sys.stderr):  # smplx prints warnings; stdout may be the protocol
             self._smplx = smplx.SMPLX(str(loadable), ext="npz", use_pca=False, flat_hand_mean=True,
@@ -113,12 +137,11 @@ class BodyModel:
                              np.asarray(arrays[f"hands_mean{side[0]}"], dtype=np.float64))
                       for side in ("left", "right")}
         self._part_of_vertex = arrays.get("part_of_vertex")
-        self.identity = {"kind": kind, "name": path.name, "sha256": digest}
+        self.identity = {"kind": kind, "name": path.name, "content_sha256": digest}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "BodyModel":
-        resolved, kind = resolve_path(path)
-        return cls(resolved, kind, device)
+        return cls(resolve_path(path), device=device)
 
     # ---- sizes and static data -------------------------------------------------------------
     @property
@@ -302,13 +325,5 @@ def _sanitized_copy(arrays: dict[str, np.ndarray], digest: str) -> Path:
     path = cache_dir() / f"smplx_{digest[:16]}.npz"
     if not path.exists():
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **{k: v for k, v in arrays.items() if k != TEMPLATE_MARKER})
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -18,11 +18,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..avatar import AvatarFileError, AvatarInitError, PoseError
     from ..body import BodyModelError
     from ..motion.errors import MotionError
-    from ..ply import PlyError
+    from ..gsio import GaussianFileError
     from ..render import RenderError
 
     return (CommandError, AvatarFileError, AvatarInitError, PoseError, BodyModelError,
-            MotionError, PlyError, RenderError, FileNotFoundError)
+            MotionError, GaussianFileError, RenderError, FileNotFoundError)
 
 
 def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str]) -> int:

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..files import write_text_atomic
 from .common import CommandError, Progress, add_device, resolve_device, run
 from .motion_source import BUILTIN_DANCE, load
 
@@ -140,7 +141,7 @@ def _main(args: argparse.Namespace) -> int:
     save_motion(motion, motion_file)
     cam = clip_cameras(avatar, motion, args.width, args.height, "front")[0]
     camera_file = out / "camera.json"
-    camera_file.write_text(json.dumps({"world_to_camera": np.asarray(cam.world_to_camera).tolist(),
+    write_text_atomic(camera_file, json.dumps({"world_to_camera": np.asarray(cam.world_to_camera).tolist(),
                                        "K": np.asarray(cam.K).tolist(), "width": args.width, "height": args.height}))
     if args.plate:
         plate = Path(args.plate).resolve()

@@ -197,17 +197,13 @@ def write_model_folders(out: str | os.PathLike, size: str = "tiny", seed: int = 
     """Write `out/stable-diffusion` (diffusers layout), `out/controlnet` and `out/taesd` (a tiny
     encoder for `--tiny-encoder`); returns the first two. Each folder is built beside its target
     and renamed into place (written whole or not at all)."""
-    import shutil
-    import tempfile
-
     import diffusers
 
+    from ..files import atomic_folder
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     sd_dir, cn_dir = out / "stable-diffusion", out / "controlnet"
-    staging = Path(tempfile.mkdtemp(prefix=".models.", suffix=".tmp", dir=out))
-    try:
-        sd_tmp, cn_tmp = staging / "stable-diffusion", staging / "controlnet"
+    with atomic_folder(sd_dir) as sd_tmp, atomic_folder(cn_dir) as cn_tmp, atomic_folder(out / "taesd") as te_tmp:
         models = build_random_models(size, seed, tokenizer_dir=sd_tmp / "tokenizer")
         models["unet"].save_pretrained(str(sd_tmp / "unet"))
         models["vae"].save_pretrained(str(sd_tmp / "vae"))
@@ -219,11 +215,5 @@ def write_model_folders(out: str | os.PathLike, size: str = "tiny", seed: int = 
             f"Random-weight Stable Diffusion 1.5 architecture at '{size}' size, made by "
             "`python -m backend dev tiny-models` for tests. It generates noise, not images.\n")
         models["controlnet"].save_pretrained(str(cn_tmp))
-        build_tiny_encoder(size, seed).save_pretrained(str(staging / "taesd"))
-        for src, dst in ((sd_tmp, sd_dir), (cn_tmp, cn_dir), (staging / "taesd", out / "taesd")):
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(src, dst)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        build_tiny_encoder(size, seed).save_pretrained(str(te_tmp))
     return sd_dir, cn_dir

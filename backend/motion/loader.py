@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import LFS_POINTER_PREFIX, lfs_pointer_message
 from .convert import to_y_up
 from .errors import MotionError
 from .formats import aist, amass, motionx, project, reenact, smplx265, talkshow, tram
@@ -54,6 +55,8 @@ def _detect(p: Path):
         head = f.read(16)
     if not head:
         raise MotionError(p, None, "a motion file", "an empty file")
+    if head.startswith(LFS_POINTER_PREFIX[:16]):
+        raise MotionError(p, None, message=f"this is {lfs_pointer_message(p)}")
     if head.startswith(_ZIP_MAGIC):
         try:
             with np.load(p, allow_pickle=False) as z:

@@ -47,7 +47,10 @@ class GaussianSet:
     """World-space 3D Gaussians ready to draw. All tensors on one device, one float dtype.
 
     means (N,3); quats (N,4) wxyz, need not be normalised; scales (N,3) linear (not log);
-    opacities (N,) in [0,1]; colors (N,3) linear RGB in [0,1].
+    opacities (N,) in [0,1]; colors (N,3) linear RGB in [0,1]. Scenes with view-dependent
+    colour (static 3DGS captures) also carry ``sh`` (N,K,3), the spherical-harmonic coefficients
+    of degree 1 up to 3 (K = 3, 8, 15; see ``backend.render.sh``); their ``colors`` are then the
+    degree-0 term, unclipped, and the drawn colour is clamped at 0 after SH evaluation.
     """
 
     means: Tensor
@@ -55,11 +58,18 @@ class GaussianSet:
     scales: Tensor
     opacities: Tensor
     colors: Tensor
+    sh: Tensor | None = None
 
     _WIDTHS = {"means": 3, "quats": 4, "scales": 3, "colors": 3}
 
     def __len__(self) -> int:
         return int(self.means.shape[0])
+
+    @property
+    def sh_degree(self) -> int:
+        from .sh import degree_of
+
+        return 0 if self.sh is None else int(degree_of(int(self.sh.shape[1])) or 0)
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +80,7 @@ class GaussianSet:
         return self.means.dtype
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def validate(self, check_finite: bool = True) -> None:
         """Raise RenderError if shapes, devices or dtypes disagree, or values are not finite."""
@@ -84,6 +94,9 @@ class GaussianSet:
             if name == "opacities":
                 ok = t.dim() == 1
                 want = "(N,)"
+            elif name == "sh":
+                ok = t.dim() == 3 and t.shape[1] in (3, 8, 15) and t.shape[2] == 3
+                want = "(N,K,3) with K = 3, 8 or 15 (SH degree 1 to 3)"
             else:
                 ok = t.dim() == 2 and t.shape[1] == self._WIDTHS[name]
                 want = f"(N,{self._WIDTHS[name]})"
@@ -115,7 +128,13 @@ class GaussianSet:
             raise ValueError("GaussianSet.concat needs at least one set")
         if len(sets) == 1:
             return sets[0]
-        return cls(**{f.name: torch.cat([getattr(s, f.name) for s in sets], 0) for f in fields(cls)})
+        width = max(0 if s.sh is None else int(s.sh.shape[1]) for s in sets)
+        sh = None
+        if width:  # sets without SH (avatars) or of a lower degree get zero coefficients
+            sh = torch.cat([torch.nn.functional.pad(s.sh, (0, 0, 0, width - s.sh.shape[1])) if s.sh is not None
+                            else s.means.new_zeros(len(s), width, 3) for s in sets], 0)
+        return cls(**{f.name: torch.cat([getattr(s, f.name) for s in sets], 0) for f in fields(cls) if f.name != "sh"},
+                   sh=sh)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "GaussianSet":
         return GaussianSet(**{k: v.to(device=device, dtype=dtype) for k, v in self._tensors().items()})

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .core import Camera, GaussianSet, RenderError, RenderOutput, upload
+from .sh import C0 as SH_C0
 
 _lock = threading.Lock()
 _state: dict = {"module": None, "error": None}
@@ -105,12 +106,23 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
     bg = None
     if backgrounds is not None:
         bg = torch.as_tensor(backgrounds, device=device, dtype=torch.float32).reshape(len(cameras), 1, 3)
+    sh_degree = None
+    colors = _stacked(sets, "colors")
+    if any(g.sh is not None for g in sets):
+        # gsplat's SH path: coefficients (C, N, K+1, 3) with the DC term first; it evaluates
+        # them along camera -> Gaussian, adds 0.5 and clamps at 0, as INRIA does
+        sh_degree = max(g.sh_degree for g in sets)
+        width = (sh_degree + 1) ** 2 - 1
+        rest = torch.stack([torch.zeros(len(g), width, 3, device=device) if g.sh is None else
+                            torch.nn.functional.pad(g.sh.to(torch.float32), (0, 0, 0, width - g.sh.shape[1]))
+                            for g in sets])
+        colors = torch.cat([((colors - 0.5) / SH_C0)[:, :, None], rest], 2)
     colors, alphas, _ = gsplat.rasterization(
         _stacked(sets, "means"),
         _stacked(sets, "quats"),
         _stacked(sets, "scales"),
         _stacked(sets, "opacities"),
-        _stacked(sets, "colors"),
+        colors,
         viewmats,
         Ks,
         int(cam.width),
@@ -122,6 +134,7 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
         rasterize_mode="classic",
         backgrounds=bg,
         packed=False,
+        sh_degree=sh_degree,
         camera_model=cam.model,
     )
     colors = colors[:, 0].to(dtype)

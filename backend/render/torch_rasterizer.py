@@ -19,6 +19,9 @@ CUDA source (``ProjectionEWA3DGSFused.cu``, ``IntersectTile.cu``, ``RasterizeToP
   centre (+0.5 convention); ``alpha = min(0.999, opacity * exp(-sigma))``; skipped when
   ``sigma < 0`` or ``alpha < 1/255``; compositing stops before the Gaussian that would
   bring transmittance to ``<= 1e-4`` (that Gaussian is excluded).
+* Colour: scenes with spherical harmonics (``GaussianSet.sh``) are coloured per view from the
+  direction camera centre -> Gaussian, clamped at 0 (gsplat's ``sh_degree`` path; see
+  ``backend.render.sh``); others use ``colors`` as they are.
 * Output: ``rgb = sum w_i c_i + T * background``, ``alpha = 1 - T``, and
   ``depth = sum w_i z_i / max(alpha, 1e-10)`` (gsplat's "ED"; 0 where nothing is drawn).
 
@@ -53,6 +56,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .core import Camera, GaussianSet, RenderOutput
+from .sh import view_colors
 
 EPS2D = 0.3
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -224,7 +228,10 @@ def rasterize_torch(
     tile_of_pair, g_of_pair = _bin_tiles(proj["means2d"].detach(), proj["radii"], proj["depths"].detach(), ts, tw, th)
 
     # per kept Gaussian: features = colour + depth (composited with the same weights)
-    feats = torch.cat([g.colors[ids], proj["depths"][:, None]], -1)  # (M,4)
+    colors = g.colors[ids]
+    if g.sh is not None:
+        colors = view_colors(g.means[ids], colors, g.sh[ids], camera.position)
+    feats = torch.cat([colors, proj["depths"][:, None]], -1)  # (M,4)
     # one gather per block: [mean2d (2), conic (3), opacity (1), colour+depth (4)]
     params = torch.cat([proj["means2d"], proj["conics"], proj["opacities"][:, None], feats], -1)
 

@@ -144,7 +144,7 @@ class Services:
         with self._lock:
             if kind not in self._bodies:
                 if kind == "template":
-                    self._bodies[kind] = BodyModel(cached_template_path(), "template", self.device)
+                    self._bodies[kind] = BodyModel(cached_template_path(), device=self.device)
                 else:
                     self._bodies[kind] = BodyModel.load(self.smplx, self.device)
             return self._bodies[kind]
@@ -209,7 +209,10 @@ class Services:
         return self._lookup(self.avatars, handle, "avatar", "load_avatar")["avatar"]
 
     def static_object(self, handle: Any) -> Any:
-        return self._lookup(self.objects, handle, "static object", "load_ply")["gaussians"]
+        return self.object_entry(handle)["gaussians"]
+
+    def object_entry(self, handle: Any) -> dict:
+        return self._lookup(self.objects, handle, "static object", "load_ply")
 
 
 class Server:
@@ -336,22 +339,26 @@ class Server:
                 "slot": msg.get("slot") or "rig", "block": block.name, "arrays": specs}
 
     def op_load_ply(self, msg: dict) -> dict:
-        from ..ply import read_ply
+        from ..gsio import detect_format, read_gaussians
 
         path = Path(msg["path"]).expanduser()
         if not path.is_file():
-            raise P.ProtocolError(P.NOT_FOUND, f"the PLY file {path} does not exist")
+            raise P.ProtocolError(P.NOT_FOUND, f"the Gaussian file {path} does not exist")
         path = path.resolve()
         handle = None if msg.get("reload") else self.services.cached_handle("object", path, path)
         cached = handle is not None
         if handle is None:
-            g = read_ply(path, device=self.services.device)
-            handle = self.services.register("object", path, path, {"gaussians": g, "num_gaussians": len(g)})
-        g = self.services.static_object(handle)
+            splats = read_gaussians(path)
+            g = splats.to_gaussian_set(self.services.device)
+            handle = self.services.register("object", path, path, {
+                "gaussians": g, "num_gaussians": len(g), "format": detect_format(path), "up": splats.up})
+        entry = self.services.object_entry(handle)
+        g = entry["gaussians"]
         lo = g.means.min(0).values.tolist() if len(g) else [0.0] * 3
         hi = g.means.max(0).values.tolist() if len(g) else [0.0] * 3
         return {"object": handle, "cached": cached, "path": str(path), "num_gaussians": len(g),
-                "bounds": {"min": lo, "max": hi}}
+                "bounds": {"min": lo, "max": hi}, "format": entry["format"], "up": entry["up"],
+                "sh_degree": g.sh_degree}
 
     def op_unload(self, msg: dict) -> dict:
         self.services.unregister("object", msg["object"])
@@ -364,7 +371,7 @@ class Server:
 
     def op_export_ply(self, msg: dict) -> dict:
         from ..avatar import pose_with_params, pose_with_transforms
-        from ..ply import write_ply
+        from ..gsio import GaussianFileError, Splats, format_for_path, write_gaussians
 
         avatar = self.services.avatar(msg["avatar"])
         if msg.get("transforms") is not None:
@@ -377,10 +384,12 @@ class Server:
             g = pose_with_params(avatar)
             posed = False
         path = Path(msg["path"]).expanduser()
-        if path.suffix.lower() != ".ply":
-            raise P.ProtocolError(P.BAD_REQUEST, f"export_ply writes .ply files; got {path.name!r}")
-        write_ply(path, g.detach().to("cpu"))
-        return {"path": str(path.resolve()), "num_gaussians": len(g), "posed": posed}
+        try:
+            fmt = format_for_path(path)
+        except GaussianFileError as exc:
+            raise P.ProtocolError(P.BAD_REQUEST, f"export_ply: {exc}") from None
+        write_gaussians(path, Splats.from_gaussian_set(g.detach().to("cpu"), up="y"), fmt)
+        return {"path": str(path.resolve()), "num_gaussians": len(g), "posed": posed, "format": fmt}
 
     def op_load_motion(self, msg: dict) -> dict:
         from .motion_ops import load_motion_op

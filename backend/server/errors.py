@@ -20,7 +20,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return P.POSE_ERROR, message
     if name == "RenderError":
         return P.RENDER_ERROR, message
-    if name in ("PlyError", "MotionError"):
+    if name in ("PlyError", "GaussianFileError", "MotionError"):
         return P.FILE_ERROR, message
     if isinstance(exc, FileNotFoundError):
         return P.NOT_FOUND, f"{exc.filename or message}: no such file or folder"

@@ -41,9 +41,11 @@ def parse_camera(camera: dict, width: int, height: int) -> Any:
 
 def transform_gaussians(g: Any, matrix: np.ndarray) -> Any:
     """A static Gaussian object placed by a 4×4 object-to-world matrix (rotation, translation and
-    scale, non-uniform scale and shear included: each covariance becomes A Σ Aᵀ)."""
+    scale, non-uniform scale and shear included: each covariance becomes A Σ Aᵀ). Spherical
+    harmonics turn with the rotation part of A (exact for rotations, mirrors and uniform scale)."""
     from ..avatar.posing import matrix_to_quaternion, quaternion_multiply
     from ..render import GaussianSet
+    from ..render.sh import rotate_sh, rotation_part
 
     if np.allclose(matrix, np.eye(4)):
         return g
@@ -52,12 +54,13 @@ def transform_gaussians(g: Any, matrix: np.ndarray) -> Any:
     means = g.means @ A.T + t
     if abs(float(np.linalg.det(matrix[:3, :3]))) < 1e-12:
         raise P.ProtocolError(P.BAD_REQUEST, "an object matrix is singular (zero scale)")
+    sh = None if g.sh is None else rotate_sh(g.sh, rotation_part(matrix[:3, :3]))
     gram = (A.T @ A).cpu().numpy()
     s = float(np.cbrt(abs(np.linalg.det(matrix[:3, :3]))))
     if np.allclose(gram, s * s * np.eye(3), atol=1e-6 * max(1.0, s * s)) and np.linalg.det(matrix[:3, :3]) > 0:
         q = matrix_to_quaternion(A / s)
         return GaussianSet(means=means, quats=quaternion_multiply(q.expand(len(g), 4), g.quats),
-                           scales=g.scales * s, opacities=g.opacities, colors=g.colors)
+                           scales=g.scales * s, opacities=g.opacities, colors=g.colors, sh=sh)
     from ..render.torch_rasterizer import quat_to_rotmat
 
     R = quat_to_rotmat(g.quats)
@@ -66,7 +69,7 @@ def transform_gaussians(g: Any, matrix: np.ndarray) -> Any:
     evals, evecs = torch.linalg.eigh(cov.double())
     evecs = evecs * torch.where(torch.linalg.det(evecs) < 0, -1.0, 1.0)[:, None, None].to(evecs.dtype)
     return GaussianSet(means=means, quats=matrix_to_quaternion(evecs).to(g.dtype),
-                       scales=evals.clamp_min(0).sqrt().to(g.dtype), opacities=g.opacities, colors=g.colors)
+                       scales=evals.clamp_min(0).sqrt().to(g.dtype), opacities=g.opacities, colors=g.colors, sh=sh)
 
 
 def gather_gaussians(services: Services, msg: dict) -> tuple[Any, int]:

@@ -8,13 +8,11 @@ is a camera; ``betas`` and ``gender`` only when known. Everything is a plain arr
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ...files import atomic_path
 from ..errors import MotionError
 from ..types import FRAME_FIELDS, CameraTrack, Motion
 from ._common import LoadContext, require, scalar, text
@@ -28,7 +26,7 @@ def is_project(keys) -> bool:
 
 
 def save(motion: Motion, path) -> None:
-    """Write atomically: a temp file in the same folder, then os.replace."""
+    """Write atomically (backend.files.atomic_path)."""
     motion.validate(path)
     arrays = {MARKER: np.int64(FORMAT_VERSION), "fps": np.float64(motion.fps),
               "source_format": np.str_(motion.source_format or ""),
@@ -51,19 +49,8 @@ def save(motion: Motion, path) -> None:
 
 
 def _write_atomic(path: Path, arrays: dict) -> None:
-    """The file appears whole or not at all (a crash leaves at most a hidden temp file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def load(path, ctx: LoadContext) -> Motion:

@@ -245,7 +245,7 @@ def _code_digest() -> str:
 
 def cache_key(config: NeRFConfig, body, betas: torch.Tensor, params: dict[str, Any]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"version": PRETRAIN_VERSION, "code": _code_digest(), "body": body.identity["sha256"],
+    h.update(json.dumps({"version": PRETRAIN_VERSION, "code": _code_digest(), "body": body.identity["content_sha256"],
                          "config": _shaping(config)}, sort_keys=True).encode())
     h.update(np.asarray(betas.detach().cpu(), dtype=np.float32).tobytes())
     for name in sorted(params):
@@ -281,10 +281,11 @@ def load_cached(path: Path, config: NeRFConfig, body, betas: torch.Tensor, devic
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
         raise NeRFCacheError(f"{path} is not a pretrained body field")
     made = data.get("body") or {}
-    if made.get("sha256") != body.identity["sha256"]:
+    if made.get("content_sha256") != body.identity["content_sha256"]:
         raise NeRFCacheError(f"{path} is a pretrained body field of another body model ({made.get('name')}, "
-                             f"sha256 {str(made.get('sha256'))[:12]}), not of {body.identity['name']} "
-                             f"(sha256 {body.identity['sha256'][:12]}); delete it, or use the body model it was made from")
+                             f"content sha256 {str(made.get('content_sha256'))[:12]}), not of {body.identity['name']} "
+                             f"(content sha256 {body.identity['content_sha256'][:12]}); delete it, or use the body "
+                             "model it was made from")
     if not torch.equal(data["betas"].float(), betas.detach().cpu().float()):
         raise NeRFCacheError(f"{path} is a pretrained body field of another body shape (betas); delete it")
     if data.get("config") != _shaping(config):

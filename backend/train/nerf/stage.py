@@ -116,7 +116,7 @@ class NeRFStage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ValueError("not a NeRF stage state")
-        if (state.get("body") or {}).get("sha256") != self.body.identity["sha256"]:
+        if (state.get("body") or {}).get("content_sha256") != self.body.identity["content_sha256"]:
             raise ValueError(f"the NeRF state was made on the body model {(state.get('body') or {}).get('name')}, "
                              f"not {self.body.identity['name']}")
         with torch.no_grad():

@@ -1,0 +1,1 @@
+"""Readers, one module per format; each turns a file into `Splats` (see backend.gsio)."""

@@ -1,0 +1,1 @@
+"""Writers, one module per format; each writes `Splats` atomically (see backend.gsio)."""
