@@ -120,9 +120,8 @@ proxy = [c for c in arm.children if c.type == "MESH"][0]
 result["companion"] = [s.name for s in bpy.data.scenes if s != scene]
 result["engines"] = [scene.render.engine, bpy.data.scenes[result["companion"][0]].render.engine]
 result["proxy"] = dict(render=not proxy.hide_render, camera=proxy.visible_camera, shadow=proxy.visible_shadow)
-bpy.context.view_layer.update()
-lowest = min((proxy.matrix_world @ v.co).z for v in proxy.data.vertices)
-arm.location.z -= lowest  # stand on the floor
+shape = proxy.evaluated_get(bpy.context.evaluated_depsgraph_get())
+result["lowest"] = min((shape.matrix_world @ v.co).z for v in shape.data.vertices)  # Add Avatar stands it on z = 0
 for frame, x in ((1, 0.0), (2, 0.3)):
     arm.location.x = x
     arm.keyframe_insert("location", frame=frame)
@@ -150,6 +149,7 @@ result.update(front=corners(front), back=corners(back), floor=corners(floor))
 """, tmp_path, timeout=900)
     assert result["engines"] == ["CYCLES", "DREAMWALTZ"] and len(result["companion"]) == 1
     assert result["proxy"] == dict(render=True, camera=False, shadow=True), "the proxy is a shadow only"
+    assert abs(result["lowest"]) < 0.02, "the avatar stands on the floor"
     plate_px = np.asarray(Image.open(plate).convert("RGB")).astype(int)
     moved = []
     for i, frame in enumerate(result["frames"]):
@@ -209,7 +209,7 @@ result.update(front=corners(front), back=corners(back), floor=corners(floor))
     assert shadowed.sum() > 20 and lit.sum() > 1000, "the shadow falls on floor the camera sees"
     ratio = image[shadowed].mean() / np.median(image[lit])
     assert ratio < 0.6, f"the floor is darker where the avatar's shadow falls ({ratio:.2f} of its brightness)"
-    assert np.percentile(np.abs(image[lit] - np.median(image[lit])), 95) < 12, "elsewhere the sunlit floor is even"
+    assert np.percentile(np.abs(image[lit] - np.median(image[lit])), 95) < 20, "elsewhere the sunlit floor is even"
 
 
 @pytest.mark.versions
