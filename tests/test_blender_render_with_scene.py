@@ -244,6 +244,10 @@ class OtherEngine(bpy.types.RenderEngine):
     bl_label = "Other"
 bpy.utils.register_class(OtherEngine)
 
+if compat.uses_scene_tree():   # the user's own compositor, which a failure must leave alone
+    scene.use_nodes = True
+else:
+    compat.set_scene_compositor(scene, bpy.data.node_groups.new("User Compositor", "CompositorNodeTree"))
 assert bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r}) == {{"FINISHED"}}
 arm = bpy.context.active_object
 result["alone_scenes"] = len(bpy.data.scenes)
