@@ -91,6 +91,7 @@ class DreamWaltzRenderEngine(_engine_base()):
             self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
 
     def render(self, depsgraph: Any) -> None:
+        start = time.perf_counter()
         scene = depsgraph.scene
         shot = shot_scene(scene)  # the user's scene when this is its avatars' companion
         width, height = render_size(shot)
@@ -124,6 +125,7 @@ class DreamWaltzRenderEngine(_engine_base()):
             depth.rect.foreach_set(reply["depth"].reshape(-1))
         self.end_result(result)
         reply["timing"]["fill_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        reply["timing"]["engine_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         session.record_timing(reply["timing"])
         self.update_progress(1.0)
 

@@ -347,13 +347,18 @@ class RenderOutput:
 
 def srgb_to_linear(rgb: Tensor, alpha: Tensor | None = None) -> Tensor:
     """Display (sRGB-encoded) colour to scene-linear, the space Blender's Combined pass holds.
-    With `alpha`, `rgb` is premultiplied: the colour is un-premultiplied, converted and
-    premultiplied again, so edges keep their coverage."""
+    With `alpha` (H, W, 1), `rgb` is premultiplied: the colour is un-premultiplied, converted and
+    premultiplied again, so edges keep their coverage; only the box around what is drawn is
+    converted (the rest is transparent black)."""
     if alpha is None:
         c = rgb.clamp(0.0, 1.0)
         return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     out = torch.zeros_like(rgb)
     covered = alpha[..., 0] > 0
-    a = alpha[covered]
-    out[covered] = srgb_to_linear(rgb[covered] / a) * a
+    rows, cols = covered.any(1).nonzero(), covered.any(0).nonzero()
+    if len(rows) == 0:
+        return out
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    a = alpha[box]
+    out[box] = srgb_to_linear(rgb[box] / a.clamp_min(1e-12)) * a
     return out
