@@ -309,15 +309,20 @@ class DREAMWALTZ_OT_render_with_scene(Reporting, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_use_engine(bpy.types.Operator):
-    """Render this scene with the DreamWaltz engine"""
+class DREAMWALTZ_OT_use_engine(Reporting, bpy.types.Operator):
+    """Render this scene with the DreamWaltz engine (the Gaussians alone: a scene set to render with its meshes goes back to that)"""
 
     bl_idname = "dreamwaltz.use_engine"
     bl_label = "Use DreamWaltz Renderer"
     bl_options = {"REGISTER", "UNDO"}
 
-    def execute(self, context: Any) -> set[str]:
-        context.scene.render.engine = "DREAMWALTZ"
+    def apply(self, context: Any) -> set[str]:
+        from . import scene_composite
+
+        scene = context.scene
+        scene_composite.keep(self.change, scene)
+        scene_composite.tear_down(scene)
+        scene.render.engine = "DREAMWALTZ"
         context.view_layer.use_pass_z = True
         return {"FINISHED"}
 

@@ -143,11 +143,36 @@ def set_up(scene: Any, engine: str = "SCENE") -> Any:
     return other
 
 
+def tear_down(scene: Any) -> None:
+    """Back to the avatars alone: the companion scene goes, the proxies are for the viewport
+    only again, and the compositor (if DreamWaltz made one) keeps its plate without the merge."""
+    import bpy
+
+    from .compositing import build_compositor, current_plate
+
+    other = companion(scene)
+    if other is None:
+        return
+    plate = current_plate(scene)
+    del scene[COMPANION_KEY]
+    for proxy in proxies(scene):
+        proxy.hide_render = True
+    build_compositor(scene, plate)
+    bpy.data.scenes.remove(other)  # last: a failure before it leaves the companion to put back
+
+
 def keep(change: Any, scene: Any) -> None:
     """What `set_up` touches, for a rollback.Change: the scene (render settings, view layers,
     compositor), the proxies and the scene's link to its companion."""
     change.keep_scene(scene)
     for proxy in proxies(scene):
         change.keep(proxy)
-    if COMPANION_KEY not in scene:
-        change.on_undo(lambda: scene.pop(COMPANION_KEY, None))
+    other = scene.get(COMPANION_KEY)
+
+    def restore() -> None:
+        if other is None:
+            scene.pop(COMPANION_KEY, None)
+        else:
+            scene[COMPANION_KEY] = other
+
+    change.on_undo(restore)

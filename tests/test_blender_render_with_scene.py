@@ -9,6 +9,7 @@ projected by that camera, the shadow from the proxy's vertices cast along the su
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +295,12 @@ from bpy_extras.object_utils import world_to_camera_view
 pts = np.array([[0.3, 0.2, 1.0], [-0.7, 1.0, 0.2], [0.1, -1.0, 1.7]])
 result["ortho_points"] = dict(ours=c.project(pts), blender=[list(world_to_camera_view(scene, cam, Vector(p)))
                                                              for p in pts])
+
+# Use DreamWaltz Renderer: the Gaussians alone again
+assert bpy.ops.dreamwaltz.use_engine() == {{"FINISHED"}}
+state = scene_state()
+result["alone_again"] = dict(scenes=[s.name for s in bpy.data.scenes], compositor=state["compositor"],
+                             proxies=[o.hide_render for o in scene.objects if o.type == "MESH" and o.parent])
 """, tmp_path, timeout=900)
     message, changed = result["no_meshes"]
     assert "no meshes" in message and changed == []
@@ -313,6 +320,9 @@ result["ortho_points"] = dict(ours=c.project(pts), blender=[list(world_to_camera
     assert sum("DreamWaltz" in n for n in tree["nodes"]) == 5, tree["nodes"]
     message, changed = result["from_companion"]
     assert "avatars' own scene" in message and changed == []
+    alone = result["alone_again"]
+    assert alone["scenes"] == ["Scene"] and alone["proxies"] == [True, True]
+    assert "Nearer" not in json.dumps(alone["compositor"]), "the depth merge is gone with the companion scene"
 
     from PIL import Image
 
