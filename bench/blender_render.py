@@ -226,7 +226,7 @@ def blender_tables(f12: dict, viewport: dict, args: argparse.Namespace) -> list[
              ("transport (JSON request + pack into shared memory + reply; views, no copy)", transport),
              ("backend: pose (skinning)", median(rows, "pose_ms")),
              ("backend: rasterize", median(rows, "raster_ms")),
-             (f"upload: shared memory -> gpu.types.Buffer -> RGBA16F + R32F textures{n_a}", median(rows, "upload_ms")),
+             (f"upload: shared memory -> gpu.types.Buffer -> RGBA32F + R32F textures (no conversion){n_a}", median(rows, "upload_ms")),
              (f"draw: overlay shader with the depth test, until the GPU is done{n_a}", median(rows, "draw_ms"))]
     lines += table(f"Viewport redraw, 1920x1080 Solid-view overlay (Blender {viewport['blender']}, GPU: "
                    f"{viewport['gpu']}), a new pose each redraw, median of {len(rows)}", parts, redraw)

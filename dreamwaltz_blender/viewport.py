@@ -104,13 +104,14 @@ class Textures:
 
 
 def upload_textures(reply: dict) -> Textures:
-    """The reply's RGBA and depth as GPU textures, read straight from shared memory."""
+    """The reply's RGBA and depth as GPU textures, read straight from shared memory (float32
+    textures: the driver copies float data without converting it)."""
     import gpu
 
     height, width = int(reply["height"]), int(reply["width"])
     rgba = reply["rgba"].reshape(-1)
     depth = reply["depth"].reshape(-1)
-    color = gpu.types.GPUTexture((width, height), format="RGBA16F",  # pyright: ignore[reportCallIssue]
+    color = gpu.types.GPUTexture((width, height), format="RGBA32F",  # pyright: ignore[reportCallIssue]
                                  data=gpu.types.Buffer("FLOAT", rgba.size, rgba))  # pyright: ignore[reportCallIssue]
     z = gpu.types.GPUTexture((width, height), format="R32F",  # pyright: ignore[reportCallIssue]
                              data=gpu.types.Buffer("FLOAT", depth.size, depth))  # pyright: ignore[reportCallIssue]
