@@ -350,7 +350,8 @@ result["alone_again"] = dict(scenes=[s.name for s in bpy.data.scenes], composito
 
 def test_viewport_frames_are_rendered_only_when_the_request_changes(avatar_dir, tmp_path):
     """Without a GPU (the frames' upload is a copy here): a redraw that changes nothing reuses
-    the frame; a pose, a view or another region asks the backend again."""
+    the frame; a pose, a view or another region asks the backend again. And the viewport's
+    camera, made from a projection matrix, is the camera object's own for every kind of camera."""
     result = run_blender(SCENE.format(width=64, height=48) + f"""
 from dreamwaltz_blender.viewport import ViewFrames
 bpy.ops.dreamwaltz.add_avatar(filepath={str(avatar_dir)!r})
@@ -371,10 +372,32 @@ frames.get("other region", dg, view)
 counts.append(frames.renders)
 result["counts"] = counts
 result["timing"] = sorted(posed.timing)
+
+# a camera view's projection matrix (Blender's own, for any lens, shift, sensor fit and
+# orthographic camera) gives the same camera as the camera object does
+from dreamwaltz_blender.camera import view_to_opencv
+worst = 0.0
+rng = np.random.default_rng(1)
+for kind in ("PERSP", "ORTHO"):
+    for w, h, fit in ((1920, 1080, "AUTO"), (600, 900, "HORIZONTAL"), (640, 480, "VERTICAL")):
+        scene.render.resolution_x, scene.render.resolution_y = w, h
+        cam.data.type, cam.data.sensor_fit = kind, fit
+        cam.data.shift_x, cam.data.shift_y = rng.uniform(-0.3, 0.3, 2)
+        cam.data.lens, cam.data.ortho_scale = rng.uniform(20, 80), rng.uniform(1, 6)
+        bpy.context.view_layer.update()
+        dg = bpy.context.evaluated_depsgraph_get()
+        P = cam.evaluated_get(dg).calc_matrix_camera(dg, x=w, y=h)
+        ours = view_to_opencv(P, cam.matrix_world.inverted(), w, h)
+        theirs = camera_to_opencv(scene, cam)
+        pts = (np.array(cam.matrix_world) @ np.c_[rng.uniform(-1, 1, (20, 2)), -rng.uniform(1, 8, 20), np.ones(20)].T)[:3].T
+        worst = max(worst, float(np.abs(ours.project(pts) - theirs.project(pts)).max()))
+        assert ours.ortho == (kind == "ORTHO") and abs(ours.near - theirs.near) < 1e-3
+result["worst"] = worst
 """, tmp_path)
     assert result["counts"] == [1, True, 2, pytest.approx(result["counts"][3]), 4]
     assert result["counts"][3] > 0.1, "the new pose is drawn"
     assert {"rig_ms", "upload_ms", "pose_ms", "raster_ms"} <= set(result["timing"])
+    assert result["worst"] < 1e-2, "the viewport's camera from a projection matrix is the camera's"
 
 
 @pytest.mark.versions
