@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": ("backend.cli.demo_cmd", "the end-to-end demo: avatar, dance, plate, Blender, video"),
     "train": ("backend.cli.train_cmd", "create an avatar from a text prompt (score distillation)"),
     "dev": ("backend.cli.dev_cmd", "developer tools (tiny random-weight diffusion models)"),
+    "farm": ("backend.cli.farm_cmd", "shots and avatar batches on Slurm, Open Job Description and Flamenco"),
 }
 
 

@@ -18,9 +18,10 @@ bl_info = {
 
 
 def _classes() -> tuple:
-    from . import engine, operators, panels, preferences
+    from . import engine, farm, operators, panels, preferences
 
-    return preferences.CLASSES + operators.CLASSES + panels.CLASSES + (engine.DreamWaltzRenderEngine,)
+    return (preferences.CLASSES + operators.CLASSES + farm.CLASSES + panels.CLASSES
+            + (engine.DreamWaltzRenderEngine,))
 
 
 def register() -> None:

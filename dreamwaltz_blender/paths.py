@@ -18,8 +18,10 @@ def stored_path(path: str, blend: str | None = None) -> str:
     """`path` relative to the .blend (`blend`, default: the open one) where it can be."""
     import bpy
 
+    from .path_map import is_foreign_absolute
+
     blend = bpy.data.filepath if blend is None else blend
-    if not blend or path.startswith("//"):
+    if not blend or path.startswith("//") or is_foreign_absolute(path):  # another OS's path: for the path map
         return path
     try:
         return "//" + os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(blend))).replace(os.sep, "/")

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from .client import BackendClient
+from .path_map import worker_path
 
 _state: dict[str, Any] = {"client": None, "avatars": {}, "objects": {}, "settings": None, "last_render": {}}
 
@@ -73,6 +74,9 @@ def load(kind: str, path: str, context: Any = None) -> dict:
 
 
 def _handle(kind: str, path: str, context: Any = None) -> int:
+    import bpy
+
+    path = worker_path(path, os.path.dirname(bpy.data.filepath) or None)  # the farm's path map
     c = client(context)
     handle = _state[kind].get((c.generation, os.path.abspath(path)))
     if handle is None or not c.alive:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .farm_shot import farm_shot, farm_tiny_models  # noqa: F401  (fixtures of the farm tests)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

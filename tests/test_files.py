@@ -73,9 +73,8 @@ def test_a_failed_folder_leaves_the_old_folder_and_no_staging(tmp_path):
 
 
 def test_project_writers_honour_the_umask(tmp_path, small_avatar):
-    """The avatar folder (was 0700), PLY export, motion file and template (were 0600)."""
+    """The avatar folder (was 0700), Gaussian export and motion file (were 0600)."""
     from backend.avatar import save_avatar
-    from backend.body.template import write_template
     from backend.motion.loader import save_motion
     from backend.motion.types import Motion
     from backend.ply import write_ply
@@ -86,7 +85,7 @@ def test_project_writers_honour_the_umask(tmp_path, small_avatar):
     motion = Motion.from_full_pose(30.0, np.zeros((n, 55, 3)), np.zeros((n, 3)))
     with umask(0o027):
         folder = save_avatar(small_avatar, tmp_path / "avatar", preview=np.zeros((4, 4, 3), np.uint8))
-        files = [write_ply(tmp_path / "a.ply", g), write_template(tmp_path / "t.npz")]
+        files = [write_ply(tmp_path / "a.ply", g)]
         save_motion(motion, tmp_path / "m.npz")
         files.append(tmp_path / "m.npz")
     assert mode(folder) == 0o750
