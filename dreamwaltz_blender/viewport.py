@@ -31,6 +31,9 @@ DEPTH_BIAS = 0.03
 """Metres the overlay's Gaussians are drawn nearer than they are: the proxy mesh (drawn in
 Solid shading) lies on the body surface, and skin-level Gaussians must not sink into it."""
 OVERLAY_SHADINGS = ("SOLID", "MATERIAL", "RENDERED")
+MAX_REGIONS = 8
+"""Regions whose last frame stays on the GPU; the least recently drawn goes first (closed views
+never say so)."""
 
 
 def region_camera(region: Any, region_3d: Any) -> CameraCV:
@@ -75,7 +78,7 @@ class ViewFrames:
         t1 = time.perf_counter()
         last = self._frames.get(region_key)
         if last is not None and last.key == key:
-            return last
+            return self._keep(region_key, last)
         reply = session.client().render(**fields, passes=("rgba", "depth"), flip_y=True, depth_empty=DEPTH_EMPTY,
                                         color=self._color, slot=self._slot, copy=False)
         t2 = time.perf_counter()
@@ -83,8 +86,13 @@ class ViewFrames:
         timing = dict(reply.get("timing", {}), rig_ms=round((t1 - t0) * 1e3, 3),
                       upload_ms=round((time.perf_counter() - t2) * 1e3, 3))
         self.renders += 1
-        frame = ViewFrame(key, self.renders, data, timing)
+        return self._keep(region_key, ViewFrame(key, self.renders, data, timing))
+
+    def _keep(self, region_key: Any, frame: ViewFrame) -> ViewFrame:
+        self._frames.pop(region_key, None)
         self._frames[region_key] = frame
+        while len(self._frames) > MAX_REGIONS:
+            self._frames.pop(next(iter(self._frames)))
         return frame
 
     def forget(self, region_key: Any = None) -> None:

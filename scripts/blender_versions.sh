@@ -96,7 +96,7 @@ run_tests() {
     echo "== smoke flow on Blender $v"
     start=$(date +%s)
     if DREAMWALTZ_TEST_BLENDER="$ROOT/$v/bin/python" .venv/bin/python -m pytest -q -m versions \
-        tests/test_blender_versions.py tests/test_build_addon.py tests/test_blender_scene.py; then
+        tests/test_blender_versions.py tests/test_build_addon.py tests/test_blender_render_with_scene.py; then
       STATUS[$v]=passed
     else
       STATUS[$v]=FAILED; failed=1
