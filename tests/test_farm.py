@@ -129,6 +129,13 @@ def test_openjd_train_bundle_runs_one_training_per_prompt(tmp_path, farm_tiny_mo
     for i, prompt in enumerate(["a chef", "a knight in armour"]):
         avatar = load_avatar(runs / run_name(i, prompt) / "avatar")
         assert avatar.meta.prompt == prompt
+    # a task run again (a resubmitted job) returns at once with the avatar it made
+    done = runs / run_name(0, "a chef") / "avatar"
+    stamps = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
+    again = run_backend("train", "--prompt", "a chef", "--out", str(done.parent), "--resume",
+                        *tiny_train_args(farm_tiny_models, steps=2), check=True)
+    assert again.stdout.strip().splitlines()[-1] == str(done)
+    assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == stamps, "the finished avatar is not made again"
 
 
 def _compile(job_type: Path, settings: dict) -> subprocess.CompletedProcess:
