@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The version matrix: the add-on's smoke flow (tests marked `versions`) on every Blender in
+# The version matrix: the add-on's smoke flow and the scene tests (tests marked `versions`) on every Blender in
 # scripts/blender_versions.txt, each a bpy wheel in its own virtual environment under
 # .cache/blender/<version>/; the .venv's Blender 5.0 runs them with the rest of the suite.
 #

@@ -192,6 +192,10 @@ result.update(front=corners(front), back=corners(back), floor=corners(floor))
         assert back_only.sum() > 10 and (np.abs(image[back_only] - green).max(-1) <= 2).all()
         sky = floor_out & empty & back_out & front_out
         assert sky.sum() > 300 and np.abs(image[sky] - plate_px[sky]).max() <= 1, "the plate shows where nothing is"
+        print(f"frame {i + 1}: front cube over the avatar {hidden.sum()} px, worst {np.abs(image[front_in] - red).max()}; "
+              f"avatar shown {shown.sum()} px, p95 error {np.percentile(err, 95):.1f}; avatar before the back cube "
+              f"{over_back.sum()} px, {(np.abs(image[over_back] - avatar['rgb'][over_back]).max(-1) <= 8).mean():.3f} "
+              f"within 8; back cube alone {back_only.sum()} px; plate {sky.sum()} px")
     assert (moved[0] != moved[1]).sum() > 30, "the avatar moved between the frames"
 
     # the shadow: the proxy's vertices cast along the sun onto the floor (z = 0), seen by the camera
@@ -220,6 +224,7 @@ result.update(front=corners(front), back=corners(back), floor=corners(floor))
     image = np.asarray(Image.open(tmp_path / "frame_0001.png").convert("L")).astype(float)
     assert shadowed.sum() > 20 and lit.sum() > 1000, "the shadow falls on floor the camera sees"
     ratio = image[shadowed].mean() / np.median(image[lit])
+    print(f"shadow: {shadowed.sum()} px at {ratio:.2f} of the lit floor's brightness ({lit.sum()} px)")
     assert ratio < 0.6, f"the floor is darker where the avatar's shadow falls ({ratio:.2f} of its brightness)"
     assert np.percentile(np.abs(image[lit] - np.median(image[lit])), 95) < 20, "elsewhere the sunlit floor is even"
 
@@ -471,6 +476,7 @@ else:
         ours, theirs = np.asarray(view["ours"]), np.asarray(view["theirs"])
         inside = (theirs[:, 0] > 0) & (theirs[:, 0] < view["size"][0]) & (theirs[:, 1] > 0) & (theirs[:, 1] < view["size"][1])
         assert inside.sum() > 40, f"{name}: the joints are in view"
+        print(f"{name}: {inside.sum()} joints in view, worst {np.abs(ours - theirs).max():.5f} px from Blender's")
         np.testing.assert_allclose(ours, theirs, atol=0.02, err_msg=name)
         assert view["ortho"] == (name == "ortho")
 
