@@ -29,6 +29,15 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 << 20
 """Longest request line the server reads; longer lines are refused (``bad_request``)."""
 
+MAX_DEPTH = 32
+"""Deepest nesting of lists and objects in a message (a render request nests 5 deep)."""
+
+MAX_INT = 1 << 63
+"""Integers in messages lie in (-MAX_INT, MAX_INT): ids, sizes, handles and counts all do."""
+
+MAX_SHUTDOWN_WAIT = 120.0
+"""Longest ``wait`` a shutdown request may ask for (seconds)."""
+
 # ---- error codes -----------------------------------------------------------------------
 BAD_JSON = "bad_json"            # the line is not a JSON object
 BAD_REQUEST = "bad_request"      # missing/extra-typed fields, bad values
@@ -119,23 +128,60 @@ def encode(message: dict) -> bytes:
     return (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
+class _Refused(ValueError):
+    """A JSON value that parses but is not allowed in a message."""
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise _Refused(f"{name} is not valid JSON")
 
 
-def decode(line: bytes | str) -> dict:
-    """Parse one line into a JSON object; raises ProtocolError(bad_json) otherwise."""
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"the number {text[:40]} is too large (it would be infinite)")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > 20:
+        raise _Refused(f"the integer {text[:24]}… is out of range")
+    value = int(text)
+    if not -MAX_INT < value < MAX_INT:
+        raise _Refused(f"the integer {text} is out of range")
+    return value
+
+
+def _check_depth(obj: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (walked without recursion)."""
+    todo = [(obj, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise _Refused(f"the message nests lists and objects more than {MAX_DEPTH} deep")
+            items = value.values() if isinstance(value, dict) else value
+            todo.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
+
+
+def decode(line: bytes | str, what: str = "the line") -> dict:
+    """Parse one line (or a small JSON file: `what` names it) into a JSON object; raises
+    ProtocolError(bad_json) otherwise. NaN, infinity (also spelled 1e999), integers beyond 64
+    bits and nesting beyond MAX_DEPTH are refused."""
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ProtocolError(BAD_JSON, f"the line is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise ProtocolError(BAD_JSON, f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        obj = json.loads(line, parse_constant=_reject_constant)
+        obj = json.loads(line, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
+        _check_depth(obj)
+    except _Refused as exc:
+        raise ProtocolError(BAD_JSON, f"{what} holds a value that is not allowed: {exc}") from None
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError(BAD_JSON, f"the line is not valid JSON ({str(exc)[:120]})") from None
+        raise ProtocolError(BAD_JSON, f"{what} is not valid JSON ({str(exc)[:120]})") from None
     if not isinstance(obj, dict):
-        raise ProtocolError(BAD_JSON, f"a message must be a JSON object, not {type(obj).__name__}")
+        raise ProtocolError(BAD_JSON, f"{what} must hold a JSON object, not {type(obj).__name__}")
     return obj
 
 
@@ -158,7 +204,8 @@ def type_ok(value: Any, kind: str) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return (isinstance(value, int) and not isinstance(value, bool)) or \
+            (isinstance(value, float) and math.isfinite(value))
     if kind == "str":
         return isinstance(value, str)
     if kind == "bool":
@@ -216,10 +263,36 @@ def validate_request(message: dict) -> tuple[int, str]:
     return rid, op
 
 
+def absolute_path(value: Any, what: str) -> str:
+    """A path field of a request: absolute (after ``~``), since the backend's working folder is
+    no business of the client's; relative paths and NUL bytes are refused."""
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a path (a non-empty string)")
+    if "\0" in value:
+        raise ProtocolError(BAD_REQUEST, f"{what} contains a NUL character")
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path):
+        raise ProtocolError(BAD_REQUEST, f"{what} must be an absolute path; got the relative path {value[:200]!r}")
+    return path
+
+
 def check_slot(slot: str) -> str:
     if not slot or len(slot) > MAX_SLOT_LEN or not set(slot) <= SLOT_CHARS:
         raise ProtocolError(BAD_REQUEST, f"slot names are 1-{MAX_SLOT_LEN} letters, digits, '_' or '-'; got {slot[:40]!r}")
     return slot
+
+
+# ---- starting the backend ---------------------------------------------------------------------
+_BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import runpy; "
+              "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+def isolated_command(python: str, root: str, module: str, *args: str) -> list[str]:
+    """``python -m module args`` with `root` (the folder holding ``backend``) as the only extra
+    entry on sys.path: ``-I`` keeps the working folder, PYTHONPATH, PYTHONHOME and the user's
+    site-packages out, so no module planted there (a ``sitecustomize.py``, a ``numpy.py``) runs;
+    the interpreter's own (virtual environment's) site-packages stay."""
+    return [str(python), "-I", "-c", _BOOTSTRAP, str(root), module, *map(str, args)]
 
 
 # ---- shared memory -------------------------------------------------------------------------
@@ -228,8 +301,10 @@ def block_prefix(server_pid: int) -> str:
     return f"dw_{int(server_pid)}_"
 
 
-def block_name(server_pid: int, serial: int) -> str:
-    return f"{block_prefix(server_pid)}{int(serial)}"
+def block_name(server_pid: int, serial: int, token: str = "") -> str:
+    """A block's name: the prefix, a serial and (from the server) a random token, so that nobody
+    can create a block's name before the server does."""
+    return f"{block_prefix(server_pid)}{int(serial)}" + (f"_{token}" if token else "")
 
 
 SHM_DIR = "/dev/shm"

@@ -29,6 +29,7 @@ import logging
 import mmap
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,56 @@ def blocking_allowed() -> bool:
     return bpy is None or bool(getattr(getattr(bpy, "app", None), "background", True))
 
 
+# ---- the backend's log ---------------------------------------------------------------------------
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _private(folder: Path) -> bool:
+    """True when `folder` is a real folder (not a link) that only this user can enter."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if os.name != "posix":
+        return True
+    if st.st_uid != os.getuid():
+        return False
+    if st.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    return True
+
+
+def private_log_dir() -> Path:
+    """The folder for backend logs: ``<user cache>/dreamwaltz/logs`` (XDG_CACHE_HOME or ~/.cache;
+    LOCALAPPDATA on Windows), 0700 and owned by this user. A shared temp folder would let anyone
+    plant a symlink where the log goes; where the user folder cannot be used, a fresh private
+    temporary folder is."""
+    base = os.environ.get("LOCALAPPDATA") if os.name == "nt" else None
+    base = base or os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = Path(base) / "dreamwaltz" / "logs"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        pass
+    if _private(folder):
+        return folder
+    log.warning("the log folder %s is not a private folder of this user; using a temporary one", folder)
+    return Path(tempfile.mkdtemp(prefix="dreamwaltz-logs-"))
+
+
+def open_log(path: Path) -> Any:
+    """A new log file at `path`, the previous one kept as ``*.previous.log``; never written
+    through a symbolic link (whatever was at the path is moved aside, then the file is created
+    exclusively, without following links)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(path):
+        os.replace(path, path.with_suffix(".previous.log"))   # moves a link itself, never its target
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0), 0o600)
+    return os.fdopen(fd, "wb")
+
+
 # ---- shared memory, without the resource tracker ---------------------------------------------
 try:  # the C module behind multiprocessing.shared_memory on POSIX
     import _posixshmem  # type: ignore
@@ -157,10 +208,20 @@ class _Mapping:
                 resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
             self.buf = self._shm.buf
 
-    def array(self, spec: dict) -> np.ndarray:
-        shape = tuple(int(s) for s in spec["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
-        return np.frombuffer(self.buf, dtype=spec["dtype"], count=count, offset=int(spec["offset"])).reshape(shape)
+    def array(self, spec: dict, dtypes: Any = ("float32", "float16", "int32", "int64", "uint8")) -> np.ndarray:
+        """The array a reply's spec names, checked against the block (a bad spec is a ValueError)."""
+        try:
+            shape = tuple(int(s) for s in spec["shape"])
+            dtype = np.dtype(spec["dtype"]) if spec["dtype"] in dtypes else None
+            offset = int(spec["offset"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a malformed array spec from the backend: {str(spec)[:200]}") from None
+        count = 1
+        for s in shape:
+            count *= s
+        if dtype is None or min(shape, default=0) < 0 or offset < 0 or offset + count * dtype.itemsize > len(self.buf):
+            raise ValueError(f"an array spec that does not fit its block {self.name}: {str(spec)[:200]}")
+        return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset).reshape(shape)
 
     def close(self) -> None:
         try:
@@ -255,7 +316,7 @@ class BackendClient:
     on_event: called with each event dict on the client's reader thread (not Blender's main
     thread: in Blender use ``poll_events`` from a ``bpy.app.timers`` function instead, or
     ``blender_event_pump``). log_path: where the backend's stderr goes (default: a file in
-    the temp folder, named in errors).
+    the per-user ``private_log_dir()``, named in errors).
     """
 
     def __init__(self, python: str | os.PathLike | None = None, *, venv: str | os.PathLike | None = None,
@@ -270,8 +331,7 @@ class BackendClient:
         self.smplx = None if smplx is None else os.fspath(smplx)
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
-        self.log_path = Path(log_path) if log_path else \
-            Path(tempfile.gettempdir()) / "dreamwaltz" / f"backend-{os.getpid()}-{id(self):x}.log"
+        self.log_path = Path(log_path) if log_path else private_log_dir() / f"backend-{os.getpid()}-{id(self):x}.log"
         self.on_event = on_event
         self.start_timeout = start_timeout
         self.timeouts = dict(OP_TIMEOUTS, **(timeouts or {}))
@@ -305,12 +365,13 @@ class BackendClient:
         return proc is not None and proc.poll() is None
 
     def command(self) -> list[str]:
-        cmd = [self.python, "-m", "backend", "serve"]
+        """The backend's command line: isolated (``-I``), the backend source the only extra path."""
+        args = ["serve"]
         if self.device:
-            cmd += ["--device", self.device]
+            args += ["--device", self.device]
         if self.smplx:
-            cmd += ["--smplx", self.smplx]
-        return cmd + self.extra_args
+            args += ["--smplx", self.smplx]
+        return self.protocol.isolated_command(self.python, str(backend_root()), "backend", *args, *self.extra_args)
 
     def start(self) -> dict:
         """Start the backend now (if it is not running) and return its hello."""
@@ -328,13 +389,10 @@ class BackendClient:
                 self._reader.join(5.0)
         return self._spawn()
 
-    def _child_env(self, root: Path) -> dict[str, str]:
+    def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
-        env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONIOENCODING"] = "utf-8"
-        return env
+        return env  # PYTHON* variables are ignored by the isolated interpreter (see command())
 
     def _spawn(self) -> subprocess.Popen:
         P = self.protocol
@@ -343,12 +401,11 @@ class BackendClient:
             raise self._fail(BackendError(P.START_FAILED, f"the backend interpreter {self.python} (from "
                                           f"{self.python_source}) does not exist; set the backend Python in the add-on "
                                           f"preferences or ${ENV_PYTHON}"))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.log_path.exists():
-            try:
-                os.replace(self.log_path, self.log_path.with_suffix(".previous.log"))
-            except OSError:
-                pass
+        try:
+            log_file = open_log(self.log_path)
+        except OSError as exc:
+            raise self._fail(BackendError(P.START_FAILED, f"cannot write the backend's log {self.log_path}: "
+                                          f"{exc.strerror or exc}")) from None
         log.info("starting the DreamWaltz backend with %s (from %s); log: %s", self.python, self.python_source,
                  self.log_path)
         kwargs: dict[str, Any] = {}
@@ -356,10 +413,10 @@ class BackendClient:
             kwargs["start_new_session"] = True  # Ctrl-C in Blender's terminal does not reach it
         elif hasattr(subprocess, "CREATE_NO_WINDOW"):
             kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW
-        with open(self.log_path, "wb") as log_file:
+        with log_file:
             try:
                 proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=log_file, cwd=str(root), env=self._child_env(root),
+                                        stderr=log_file, cwd=str(root), env=self._child_env(),
                                         bufsize=0, close_fds=True, **kwargs)
             except OSError as exc:
                 raise self._fail(BackendError(P.START_FAILED, f"cannot start the backend with {self.python} "
@@ -428,7 +485,7 @@ class BackendClient:
     # ---- log ---------------------------------------------------------------------------
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
         try:
-            with open(self.log_path, "rb") as fh:
+            with os.fdopen(os.open(self.log_path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0)), "rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 size = fh.tell()
                 fh.seek(max(0, size - 16384))
@@ -445,21 +502,26 @@ class BackendClient:
 
     # ---- reading -----------------------------------------------------------------------
     def _read_loop(self, proc: subprocess.Popen) -> None:
+        """Deliver each line the backend writes; a line that is not a valid message (NaN, deep
+        nesting, garbage: decoded by the protocol's own rules) is logged and skipped, so
+        nothing the backend writes stops this thread."""
+        P = self.protocol
         stream = proc.stdout
         assert stream is not None
         try:
-            for line in iter(stream.readline, b""):
+            for line in iter(lambda: stream.readline(P.MAX_LINE_BYTES + 1), b""):
                 try:
-                    msg = json.loads(line)
-                except ValueError:
-                    log.warning("backend wrote a line that is not JSON: %r", line[:200])
+                    msg = P.decode(line)
+                except P.ProtocolError as exc:
+                    log.warning("backend wrote a line that is not a valid message (%s): %r", exc.message, line[:200])
                     continue
-                if not isinstance(msg, dict):
-                    continue
-                if "event" in msg:
-                    self._deliver_event(msg)
-                    continue
-                self._deliver_reply(msg)
+                try:
+                    if "event" in msg:
+                        self._deliver_event(msg)
+                    else:
+                        self._deliver_reply(msg)
+                except Exception:  # noqa: BLE001 - a malformed message must not end the reader
+                    log.exception("could not deliver a backend message: %r", line[:200])
         except (OSError, ValueError):
             pass
         self._on_exit(proc)
@@ -478,7 +540,8 @@ class BackendClient:
         if msg.get("ok") is True:
             msg.pop("id", None)
             msg.pop("ok", None)
-            for spec in (msg.get("arrays") or {}).values():
+            arrays = msg.get("arrays")
+            for spec in (arrays.values() if isinstance(arrays, dict) else ()):
                 if isinstance(spec, dict) and isinstance(spec.get("shm"), str):
                     self._seen_blocks.add(spec["shm"])
             fut.set_result(msg)
@@ -648,8 +711,15 @@ class BackendClient:
         """The arrays a reply points at: copies (default), copies into `out`'s arrays, or
         read-only views valid until the next request that writes the same slot."""
         result = {}
-        for name, spec in (reply.get("arrays") or {}).items():
-            view = self._mapping(spec["shm"], reply.get("slot")).array(spec)
+        arrays = reply.get("arrays") or {}
+        if not isinstance(arrays, dict) or not all(isinstance(s, dict) and isinstance(s.get("shm"), str)
+                                                   for s in arrays.values()):
+            raise BackendError(self.protocol.INTERNAL, f"the backend's reply names its arrays wrongly: {str(arrays)[:200]}")
+        for name, spec in arrays.items():
+            try:
+                view = self._mapping(spec["shm"], reply.get("slot")).array(spec)
+            except ValueError as exc:
+                raise BackendError(self.protocol.INTERNAL, str(exc)) from None
             if out is not None and name in out:
                 result[name] = copy_array(out[name], view)
             elif copy:

@@ -176,6 +176,89 @@ def test_missing_and_corrupt_avatar_folders_are_named(avatar_dir, tmp_path):
         load_avatar(d)
 
 
+def _tensor_edit(key: str, change):
+    def edit(tensors: dict) -> None:
+        tensors[key] = change(tensors[key])
+    return edit
+
+
+CRAFTED_TENSORS = {
+    "joint_out_of_range": (_tensor_edit("free.skin_joints", lambda t: t.index_fill(0, torch.tensor([3]), 55)),
+                           "free.skin_joints holds indices from 0 to 55, but the body model"),
+    "joint_negative": (_tensor_edit("free.skin_joints", lambda t: t.index_fill(0, torch.tensor([0]), -7)),
+                       "free.skin_joints holds indices from -7"),
+    "face_out_of_range": (_tensor_edit("bound.faces", lambda t: t + 10 ** 6), "bound.faces holds indices"),
+    "means_shape": (_tensor_edit("free.means", lambda t: t[:, :2].contiguous()), "free.means has shape"),
+    "joints_as_floats": (_tensor_edit("free.skin_joints", lambda t: t.float()), "free.skin_joints is float32"),
+    "weights_as_ints": (_tensor_edit("free.skin_weights", lambda t: t.long()), "free.skin_weights is int64"),
+    "nan_scales": (_tensor_edit("bound.log_scales", lambda t: t.index_fill(0, torch.tensor([1]), float("nan"))),
+                   "bound.log_scales contains NaN"),
+    "betas_nan": (_tensor_edit("betas", lambda t: torch.full_like(t, float("inf"))), "tensor betas must be"),
+    "betas_too_many": (_tensor_edit("betas", lambda t: torch.zeros(5000)), "tensor betas must be at most"),
+    "opacity_rows": (_tensor_edit("free.opacity_logits", lambda t: t[:-1].contiguous()), "free.opacity_logits has"),
+}
+
+
+@pytest.mark.parametrize("name", list(CRAFTED_TENSORS))
+def test_crafted_avatar_tensors_are_refused_before_posing(avatar_dir, tmp_path, name):
+    """Out-of-range indices load today and fail in posing (on CUDA a device-side assert that
+    poisons the process): every tensor's shape, dtype, range and values are checked on load."""
+    from safetensors.torch import load_file, save_file
+
+    edit, message = CRAFTED_TENSORS[name]
+    d = _copy(avatar_dir, tmp_path)
+    tensors = load_file(str(d / "gaussians.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(d / "gaussians.safetensors"))
+    with pytest.raises(AvatarFileError) as exc:
+        load_avatar(d)
+    assert message in str(exc.value) and str(d) in str(exc.value)
+
+
+CRAFTED_TEXT = {   # avatar.json edited as text: values json.dumps would not write
+    "nan_setting": (lambda text: text.replace('"settings": {', '"settings": {"guidance": NaN, ', 1), "NaN"),
+    "overflowing_beta": (lambda text: text.replace('"betas": [', '"betas": [1e999, ', 1), "too large"),
+    "huge_int": (lambda text: text.replace('"seed": ', '"seed": 1' + "0" * 30 + ', "was": ', 1), "out of range"),
+}
+CRAFTED_META = {   # avatar.json edited as data
+    "seed_text": (lambda meta: dict(meta, seed="1"), "'seed' must be an integer"),
+    "count_text": (lambda meta: dict(meta, gaussians=dict(meta["gaussians"], free="6000")), "gaussians.free must be"),
+    "count_negative": (lambda meta: dict(meta, gaussians=dict(meta["gaussians"], bound=-1)), "gaussians.bound must be"),
+    "total_mismatch": (lambda meta: dict(meta, gaussians=dict(meta["gaussians"], total=1)), "not free + bound"),
+    "kind_alien": (lambda meta: dict(meta, body_model=dict(meta["body_model"], kind="alien")), "body_model.kind"),
+    "no_body": (lambda meta: {k: v for k, v in meta.items() if k != "body_model"}, "'body_model' is missing"),
+    "settings_list": (lambda meta: dict(meta, settings=[1, 2]), "'settings' must be an object"),
+    "deep": (lambda meta: dict(meta, settings={"a": json.loads("[" * 40 + "]" * 40)}), "more than 32 deep"),
+}
+
+
+@pytest.mark.parametrize("name", list(CRAFTED_TEXT) + list(CRAFTED_META))
+def test_crafted_avatar_descriptions_are_refused(avatar_dir, tmp_path, name):
+    """avatar.json's numbers finite (NaN and 1e999 once broke every later server reply that
+    carried them) and its fields typed."""
+    d = _copy(avatar_dir, tmp_path)
+    text = (d / "avatar.json").read_text()
+    if name in CRAFTED_TEXT:
+        edit, message = CRAFTED_TEXT[name]
+        text = edit(text)
+    else:
+        edit, message = CRAFTED_META[name]
+        text = json.dumps(edit(json.loads(text)))
+    (d / "avatar.json").write_text(text)
+    with pytest.raises(AvatarFileError) as exc:
+        load_avatar(d)
+    assert message in str(exc.value) and "avatar.json" in str(exc.value)
+
+
+def test_avatar_json_is_written_without_nan(small_avatar, tmp_path):
+    import dataclasses
+
+    bad = dataclasses.replace(small_avatar, meta=dataclasses.replace(small_avatar.meta, settings={"x": float("nan")}))
+    with pytest.raises(AvatarFileError, match="NaN or infinite"):
+        save_avatar(bad, tmp_path / "bad", preview=np.zeros((4, 4, 3), np.uint8))
+    assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == []
+
+
 def test_avatar_made_on_real_smplx_needs_that_model(avatar_dir, tmp_path):
     d = _copy(avatar_dir, tmp_path)
     meta = json.loads((d / "avatar.json").read_text())

@@ -194,6 +194,104 @@ def test_bad_body_model_files_are_named(tmp_path, body):
         BodyModel.load(smplh_like)
 
 
+def _edited(arrays: dict, key: str, change) -> dict:
+    out = dict(arrays)
+    out[key] = change(arrays[key].copy())
+    return out
+
+
+def _set(a: np.ndarray, index, value) -> np.ndarray:
+    a[index] = value
+    return a
+
+
+CRAFTED_BODIES = {
+    "face_index": ("f", lambda a: _set(a, (0, 0), 10 ** 6), "f holds indices from 0 to 1000000"),
+    "negative_face": ("f", lambda a: _set(a, (5, 1), -1), "f holds indices from -1"),
+    "landmark_triangle": ("lmk_faces_idx", lambda a: _set(a, 0, 999_999), "lmk_faces_idx holds indices"),
+    "dynamic_landmark": ("dynamic_lmk_faces_idx", lambda a: _set(a, (0, 0), -3), "dynamic_lmk_faces_idx holds"),
+    "nan_shapes": ("shapedirs", lambda a: _set(a, (0, 0, 0), np.nan), "shapedirs contains NaN"),
+    "inf_weights": ("weights", lambda a: _set(a, (3, 3), np.inf), "weights contains NaN or infinite"),
+    "posedirs_shape": ("posedirs", lambda a: a[:, :, :100], "posedirs has shape"),
+    "faces_as_floats": ("f", lambda a: a.astype(np.float32), "f holds float32 values; expected integer"),
+    "hierarchy": ("kintree_table", lambda a: _set(a, (0, 20), 3), "another joint hierarchy"),
+    "hands": ("hands_componentsl", lambda a: a[:, :40], "hands_componentsl has shape"),
+    "too_few_vertices": ("v_template", lambda a: a[:5000], "v_template has 5000 vertices"),
+}
+
+
+@pytest.mark.parametrize("name", list(CRAFTED_BODIES))
+def test_crafted_body_models_are_refused_naming_the_key(tmp_path, body, name):
+    """Each array is checked before smplx or posing sees it (an index beyond the mesh would
+    otherwise fail in posing, on CUDA as a device-side assert that poisons the process)."""
+    key, change, message = CRAFTED_BODIES[name]
+    arrays = dict(np.load(body.path))
+    if key == "v_template":   # keep the file self-consistent except for the vertex count
+        n = 5000
+        arrays = dict(arrays, weights=arrays["weights"][:n], shapedirs=arrays["shapedirs"][:n],
+                      posedirs=arrays["posedirs"][:n], J_regressor=arrays["J_regressor"][:, :n],
+                      f=np.clip(arrays["f"], 0, n - 1))
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, **_edited(arrays, key, change))
+    with pytest.raises(BodyModelError) as exc:
+        BodyModel.load(path)
+    assert str(path) in str(exc.value) and message in str(exc.value)
+
+
+class _Planted:
+    """Unpickling this creates a marker file: what a planted cache file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cache_and_model_files_never_run_code(tmp_path, monkeypatch, body):
+    """smplx unpickles whatever .npz it is handed (np.load(allow_pickle=True)). The old loader
+    handed it cache files by path; now it gets the checked arrays, never a path to read."""
+    import hashlib
+
+    marker = tmp_path / "code-ran"
+    evil = np.array([_Planted(marker)], dtype=object)
+    arrays = dict(np.load(body.path))
+    user_file = tmp_path / "SMPLX_USER.npz"
+    np.savez(user_file, **arrays)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("DREAMWALTZ_CACHE", str(cache))
+    # what the old loader reused for this file, planted by whoever can write the cache
+    digest = hashlib.sha256(user_file.read_bytes()).hexdigest()
+    np.savez(cache / f"smplx_{digest[:16]}.npz", **dict(arrays, kintree_table=evil))
+    # and the open template's cache file, with code in a key the model needs and one it does not
+    template = tpl.cached_template_path()
+    np.savez(template, **dict(arrays, kintree_table=evil, extra=evil))
+    loaded = BodyModel.load(user_file)
+    torch.testing.assert_close(loaded.rest_joints(), body.rest_joints())
+    with pytest.raises(BodyModelError, match="key kintree_table holds an object array"):
+        BodyModel.load()
+    np.savez(template, **dict(arrays, extra=evil))        # code only where nothing reads
+    assert BodyModel.load().num_vertices == body.num_vertices
+    assert not marker.exists(), "a planted file ran code"
+    np.load(template, allow_pickle=True)["extra"]          # control: a naive reader runs it
+    assert marker.exists()
+
+
+def test_smplx_never_reads_the_model_file_itself(body, monkeypatch):
+    """smplx is handed the checked arrays; a smplx that read a file anyway would get an empty
+    placeholder (an error, never an unpickled object), and one that took no arrays is refused."""
+    import backend.body.model as model
+
+    monkeypatch.setattr(model._NumpyHandingArrays, "load", lambda self, *a, **k: self._real.load(*a, **k))
+    with pytest.raises((EOFError, ValueError, OSError)):
+        BodyModel.load(body.path)
+    monkeypatch.setattr(model._NumpyHandingArrays, "load",
+                        lambda self, *a, **k: dict(self._arrays))           # takes them, but says nothing
+    with pytest.raises(BodyModelError, match="did not take the checked arrays"):
+        BodyModel.load(body.path)
+
+
 def test_nan_pose_is_refused(body):
     with pytest.raises(BodyModelError, match="body_pose"):
         body.forward(body_pose=torch.full((1, 63), float("nan")))

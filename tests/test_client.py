@@ -92,6 +92,85 @@ def test_resolve_python_order(tmp_path, monkeypatch):
     assert c.pid is None and not c.alive  # nothing started
 
 
+def plant_modules(folder: Path, marker: Path) -> None:
+    """Modules that record their import in `marker`: what someone could leave in a shared working
+    folder or a PYTHONPATH entry (sitecustomize runs at every start of Python that sees it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    code = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in ("sitecustomize", "usercustomize", "numpy", "torch", "json", "safetensors"):
+        (folder / f"{name}.py").write_text(code)
+    (folder / "backend").mkdir(exist_ok=True)
+    (folder / "backend" / "__init__.py").write_text(code)
+
+
+def test_planted_modules_never_run_in_the_backend_or_set_up(tmp_path, monkeypatch):
+    """Blender's working folder, PYTHONPATH and the user's site-packages are not the backend's:
+    the backend and every set-up step start isolated (-I) in a folder of their own, and work."""
+    from .test_setup_env import _setup_env
+
+    planted = tmp_path / "shared folder"
+    marker = tmp_path / "imported"
+    plant_modules(planted, marker)
+    monkeypatch.chdir(planted)
+    hostile = {"PYTHONPATH": f"{planted}{os.pathsep}{os.pathsep}.", "PYTHONUSERBASE": str(planted),
+               "PYTHONSTARTUP": str(planted / "sitecustomize.py")}
+    c = C.BackendClient(env=hostile)
+    try:
+        assert c.request("hello")["protocol_version"] == c.protocol.PROTOCOL_VERSION
+        assert c.request("status")["pid"] == c.pid
+        assert c.command()[1] == "-I"
+    finally:
+        c.close()
+    env = _setup_env()
+    for target in (env.Target((3, 11), "linux", (12, 8), True), env.Target((3, 13), "windows")):
+        steps = env.plan(tmp_path / "venv", ROOT / "backend" / "requirements.txt", target, base_python=sys.executable)
+        assert all(s.command[1] == "-I" for s in steps), [s.command[:3] for s in steps]
+    check = steps[-1]                                  # "Check the backend": imports torch, smplx, numpy
+    runner = env.SetupRunner([env.Step(check.label, [sys.executable, *check.command[1:]])], tmp_path / "setup" / "log",
+                             env={**os.environ, **hostile})
+    runner.start().wait(300)
+    assert runner.error is None and runner.done, (tmp_path / "setup" / "log").read_text()
+    assert runner.cwd == tmp_path / "setup"
+    assert not marker.exists(), marker.read_text()
+    # control: the same folder and environment with a plain `python -m backend` runs the planted code
+    proc = subprocess.run([sys.executable, "-m", "backend", "--help"], cwd=planted, capture_output=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(planted)))
+    assert marker.exists() and "sitecustomize" in marker.read_text(), proc.stderr
+
+
+def test_the_log_is_private_and_never_follows_a_link(tmp_path, monkeypatch):
+    """The default log lives in a 0700 folder of this user (not a shared temp folder); a link
+    planted at the log's path is moved aside, not written through."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "dreamwaltz" / "logs").mkdir(parents=True, mode=0o777)
+    os.chmod(tmp_path / "cache" / "dreamwaltz" / "logs", 0o777)
+    c = C.BackendClient()
+    folder = c.log_path.parent
+    assert folder == tmp_path / "cache" / "dreamwaltz" / "logs" and (folder.stat().st_mode & 0o777) == 0o700
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    dangling = tmp_path / "does-not-exist-yet"
+    for target in (dangling, victim):
+        if c.log_path.is_symlink() or c.log_path.exists():
+            c.log_path.unlink()
+        c.log_path.symlink_to(target)
+        try:
+            c.request("hello")
+        finally:
+            c.close()
+        assert not dangling.exists() and victim.read_text() == "precious\n"
+        assert c.log_path.is_file() and not c.log_path.is_symlink() and "serving on" in c.log_path.read_text()
+        assert (c.log_path.stat().st_mode & 0o777) == 0o600
+    # a logs folder that is a link (or someone else's) is not used
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.rmtree(folder)
+    folder.symlink_to(other, target_is_directory=True)
+    c2 = C.BackendClient()
+    assert other not in c2.log_path.parents and folder not in c2.log_path.parents
+    assert (c2.log_path.parent.stat().st_mode & 0o777) == 0o700
+
+
 # ---- the real backend -------------------------------------------------------------------------
 def test_lazy_start_and_hello(client, caplog):
     with caplog.at_level(logging.INFO, logger="dreamwaltz.client"):
@@ -218,6 +297,12 @@ FAKE_SERVER = textwrap.dedent("""
         elif op == "die":
             print("fake backend: dying as asked", file=sys.stderr, flush=True)
             os._exit(3)
+        elif op == "noisy":  # lines a broken backend might write before its real reply
+            rid = msg["id"]
+            for bad in ('{"id": %d, "ok": true, "x": NaN}' % rid, '{"id": %d, "ok": true, "x": 1e999}' % rid,
+                        "[" * 100000 + "]" * 100000, '{"event": 5, "job": [[[[]]]]}', "not json at all"):
+                print(bad, flush=True)
+            print(json.dumps({"id": rid, "ok": True, "slot": "x", "arrays": {"a": {"shm": 5, "offset": -1}}}), flush=True)
         else:
             print(json.dumps({"id": msg["id"], "ok": True}), flush=True)
             if op == "shutdown":
@@ -244,6 +329,21 @@ def test_request_timeout(fake_python):
         assert e.value.code == "timeout" and "'hang'" in e.value.message
         assert time.monotonic() - t0 < 5
         assert c.request("status") == {}  # the backend is still there
+    finally:
+        c.close()
+
+
+def test_garbage_from_the_backend_is_skipped(fake_python):
+    """The add-on decodes with the protocol's own rules: NaN, infinities, deep nesting and junk
+    are logged and skipped; a reply whose arrays make no sense is an error; the reader lives on."""
+    c = C.BackendClient(fake_python)
+    try:
+        reply = c.request("noisy", timeout=30)
+        assert "x" not in reply
+        with pytest.raises(C.BackendError) as e:
+            c.arrays(reply)
+        assert e.value.code == "internal" and "names its arrays wrongly" in e.value.message
+        assert c.request("status", timeout=30) == {}
     finally:
         c.close()
 

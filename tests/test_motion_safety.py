@@ -241,3 +241,294 @@ def test_numpy2_spellings_are_admitted():
         out = safe_loads(data2)
         np.testing.assert_array_equal(out["a"], arr)
         assert out["s"] == 2.5
+
+
+# ---------------------------------------------------------------------------- hostile files: bounds
+# Each input below is built byte by byte. The safe loader runs them in a child process under an
+# address-space cap (RLIMIT_AS), so a crash or a memory bomb shows as a failed child, not a
+# dead test run. Controls show that each input really is dangerous to a naive reader.
+AS_CAP = 768 << 20
+
+
+def aist_pickle(extra: bytes, key: str = "smpl_loss") -> bytes:
+    """A valid AIST++ dict (protocol 2) with `extra` (a pickled value) under one more key."""
+    base = pickle.dumps({"smpl_poses": np.zeros((4, 72)), "smpl_trans": np.zeros((4, 3)),
+                         "smpl_scaling": np.ones(1)}, protocol=2)
+    assert base.endswith(b"u.")   # ...SETITEMS STOP: insert one more SETITEM before the STOP
+    k = key.encode()
+    return base[:-1] + b"X" + struct.pack("<I", len(k)) + k + extra + b"s."
+
+
+def deep_tuple(levels: int) -> bytes:
+    return b"N" + b"\x85" * levels                 # TUPLE1 around None, `levels` deep
+
+
+def tuple_key_pickle(levels: int) -> bytes:
+    """{deep tuple: None}: hashing the key recurses once per level (SIGSEGV in C)."""
+    return b"\x80\x02}" + deep_tuple(levels) + b"Ns."
+
+
+_NP_HEAD = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01cnumpy\ndtype\nq\x02"
+            b"h\x02X\x02\x00\x00\x00O8\x89\x88\x87Rq\x03(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xff"
+            b"J\xff\xff\xff\xffK?tb")
+_NP_LEVEL = b"h\x00h\x01K\x00\x85C\x01b\x87R(K\x01K\x01\x85h\x03\x89]"   # a 1-item object array of...
+
+
+def nested_object_arrays(levels: int) -> bytes:
+    """Object arrays inside object arrays, `levels` deep, around None (numpy frees them recursively)."""
+    return _NP_HEAD + _NP_LEVEL * levels + b"N" + b"atb" * levels + b"."
+
+
+def body_of(data: bytes) -> bytes:
+    """A complete pickle's value without its PROTO and STOP, to embed in another pickle."""
+    assert data.startswith(b"\x80\x02") and data.endswith(b".")
+    return data[2:-1]
+
+
+def object_pointer_pickle() -> bytes:
+    """An object array whose dtype state clears the "holds objects" flags, with 8 bytes of data:
+    numpy then takes the bytes 0x4141414141414141 for a pointer to a Python object."""
+    head = _NP_HEAD.replace(b"K?tb", b"K\x00tb")
+    return head + b"h\x00h\x01K\x00\x85C\x01b\x87R(K\x01K\x01\x85h\x03\x89C\x08AAAAAAAAtb."
+
+
+def memo_bomb() -> bytes:
+    return b"\x80\x02Nr\xff\xff\xff\x0f."          # LONG_BINPUT 268,435,455: 9 bytes, 2.3 GB of memo in C
+
+
+HOSTILE_PICKLES = {
+    "tuple_key": (aist_pickle(body_of(tuple_key_pickle(300_000))), "nested more than"),
+    "deep_tuple": (aist_pickle(deep_tuple(300_000)), "nested more than"),
+    "deep_object_arrays": (aist_pickle(body_of(nested_object_arrays(50_000))), "nested more than"),
+    "object_array_of_arrays": (aist_pickle(body_of(nested_object_arrays(2))), "object array whose items are arrays"),
+    "memo_index": (memo_bomb(), "memo index"),
+    "bytes8_prefix": (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"x.", "expected 1099511627776 bytes"),
+    "unicode8_prefix": (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62) + b"x.", "bytes in a unicodestring8"),
+    "frame_prefix": (b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"N.", "a frame of"),
+    "object_count": (b"\x80\x02(" + b"N" * 1_000_001 + b"l.", "more than 1,000,000 objects"),
+    "bytearray_size": (b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00\x7f\x85R.", "bytearray is admitted only"),
+    "ndarray_call": (b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x40J\x00\x00\x00\x40\x86\x85R.", "not callable"),
+    "reconstruct_shape": (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x00\x40\x85"
+                          b"C\x01b\x87R.", "_reconstruct with shape"),
+    "array_state_size": (_NP_HEAD.replace(b"O8", b"f8").replace(b"K?tb", b"K\x00tb") + b"h\x00h\x01K\x00\x85C\x01b"
+                         b"\x87R(K\x01J\x00\xe1\xf5\x05\x85h\x03\x89C\x08\x00\x00\x00\x00\x00\x00\x00\x00tb.",
+                         "comes with 8 bytes"),
+    "object_pointers": (object_pointer_pickle(), "refused the numpy dtype"),
+    "object_flags_on_floats": (_NP_HEAD.replace(b"O8", b"f8") + b"h\x00h\x01K\x00\x85C\x01b\x87R(K\x01K\x01\x85h\x03"
+                               b"\x89]NatbN.", "refused the numpy dtype"),
+    "build_on_function": (b"\x80\x02c_codecs\nencode\n}X\x01\x00\x00\x00aK\x01sb.", "refused to set the state of a function"),
+    "build_on_class": (b"\x80\x02ccollections\nOrderedDict\n}X\x01\x00\x00\x00aK\x01sb.", "refused to set the state"),
+}
+
+CHILD = textwrap.dedent("""
+    import json, resource, sys
+    cap = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    from backend.motion import MotionError, load_motion
+    for path in sys.argv[2:]:
+        try:
+            load_motion(path)
+            out = {"loaded": True}
+        except MotionError as exc:
+            out = {"error": str(exc)}
+        except BaseException as exc:
+            out = {"other": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps({"path": path, **out}), flush=True)
+    status = open("/proc/self/status").read()       # VmHWM: this process's peak (ru_maxrss
+    peak = int(status.split("VmHWM:")[1].split()[0]) * 1024   # would include the parent's before exec)
+    print(json.dumps({"peak_rss": peak}), flush=True)
+""")
+
+
+def load_in_child(paths, cap: int = AS_CAP) -> tuple[dict, int]:
+    """load_motion on each path in one child under an address-space cap: {path: outcome}, peak RSS."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(cap), *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    done = {d["path"]: d for d in lines if "path" in d}
+    missing = [str(p) for p in paths if str(p) not in done]
+    assert proc.returncode == 0 and not missing, \
+        f"the loader died (exit {proc.returncode}) on {missing[:1]}:\n{proc.stderr[-2000:]}"
+    return done, lines[-1]["peak_rss"]
+
+
+def test_hostile_pickles_are_refused_without_crash_or_memory(tmp_path):
+    paths = {}
+    for name, (data, _) in HOSTILE_PICKLES.items():
+        paths[name] = tmp_path / f"{name}.pkl"
+        paths[name].write_bytes(data)
+    done, peak = load_in_child(paths.values())
+    for name, (_, expected) in HOSTILE_PICKLES.items():
+        out = done[str(paths[name])]
+        assert "error" in out, (name, out)                   # one MotionError, not MemoryError / a crash
+        assert str(paths[name]) in out["error"] and expected in out["error"], (name, out["error"])
+    assert peak < 400 << 20, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+CRASHERS = {"tuple_key": lambda: tuple_key_pickle(300_000), "deep_object_arrays": lambda: nested_object_arrays(100_000),
+            "object_pointers": object_pointer_pickle}
+
+
+@pytest.mark.parametrize("name", list(CRASHERS))
+def test_control_naive_unpickling_of_the_crashing_pickles_crashes(tmp_path, name):
+    """These pickles really kill a process that unpickles them with pickle.loads (and the old
+    allow-list admitted every global they use)."""
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(CRASHERS[name]())
+    code = "import pickle, sys; x = pickle.loads(open(sys.argv[1], 'rb').read()); print(repr(x)); del x"
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, timeout=120)
+    assert proc.returncode < 0, proc.returncode          # killed by a signal (SIGSEGV)
+
+
+def test_control_naive_memo_bomb_exceeds_the_cap():
+    code = textwrap.dedent(f"""
+        import pickle, resource
+        resource.setrlimit(resource.RLIMIT_AS, ({AS_CAP}, {AS_CAP}))
+        try:
+            pickle.loads({memo_bomb()!r})
+        except MemoryError:
+            print("MemoryError")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "MemoryError" in proc.stdout
+
+
+def legit_tensor_pickle() -> bytes:
+    return tensor_pickle(legacy_blob(np.arange(6, dtype=np.float32)), (2, 3), (3, 1))
+
+
+def test_a_pickle_cannot_change_how_later_files_decode():
+    """BUILD on a torch storage stand-in would rewrite its dtype for every later file."""
+    evil = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypecnumpy\nfloat16\nsb."
+    evil_np = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x08\x00\x00\x00bfloat16sb."
+    for data in (evil, evil_np):
+        with pytest.raises(MotionError, match="refused"):
+            safe_loads(data)
+    t = safe_loads(legit_tensor_pickle())
+    np.testing.assert_array_equal(t.array, np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+def test_numpy_dtypes_built_from_pickles_are_private_copies():
+    before = np.dtype("f8").str
+    data = b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x89\x87R(K\x03X\x01\x00\x00\x00>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb."
+    d = safe_loads(data)
+    assert d == np.dtype(">f8") and np.dtype("f8").str == before == "<f8"
+
+
+def test_torch_strides_cannot_repeat_a_storage_into_a_memory_bomb():
+    blob = legacy_blob(np.arange(6, dtype=np.float32))
+    t = safe_loads(tensor_pickle(blob, (100_000, 100_000), (0, 0)))   # 40 GB from 24 bytes
+    assert isinstance(t, TorchTensorStub) and t.array is None and t.shape == (100_000, 100_000)
+
+
+# ---------------------------------------------------------------------------- hostile .npy / .npz
+def npy_bytes(header_shape: tuple, dtype: str = "<f8", payload: bytes = b"") -> bytes:
+    from numpy.lib import format as npformat
+
+    out = io.BytesIO()
+    npformat.write_array_header_1_0(out, {"descr": dtype, "fortran_order": False, "shape": header_shape})
+    return out.getvalue() + payload
+
+
+BOMB_BYTES = 216 << 24        # 3.6 GB of float64 zeros
+LIE = 120_000_000             # float64 values a header claims (960 MB, under the 1 GiB limit) without them
+
+
+def zip_bomb_member() -> tuple[bytes, int, int]:
+    """poses.npy as a deflated member declaring BOMB_BYTES: one compressed block of zeros repeated."""
+    import zlib
+
+    head = npy_bytes((BOMB_BYTES // 8,))
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(bytes(1 << 24)) + c.flush(zlib.Z_FULL_FLUSH)
+    return first + block * (BOMB_BYTES >> 24) + c.flush(), 8, len(head) + BOMB_BYTES
+
+
+def zip_with(members: dict[str, tuple[bytes, int, int]]) -> bytes:
+    """A zip archive written by hand: name -> (stored data, method, declared uncompressed size)."""
+    import zlib
+
+    out, central = io.BytesIO(), b""
+    for name, (data, method, size) in members.items():
+        n = name.encode()
+        crc = zlib.crc32(data) if method == 0 else 0
+        offset = out.tell()
+        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc, len(data), size, len(n), 0)
+                  + n + data)
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, crc, len(data), size,
+                               len(n), 0, 0, 0, 0, 0, offset) + n
+    start = out.tell()
+    out.write(central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central),
+                                    start, 0))
+    return out.getvalue()
+
+
+def stored(data: bytes) -> tuple[bytes, int, int]:
+    return data, 0, len(data)
+
+
+def amass_members() -> dict[str, tuple[bytes, int, int]]:
+    members = {}
+    for k, v in {"poses": np.zeros((4, 156)), "trans": np.zeros((4, 3)), "mocap_framerate": np.array(30.0)}.items():
+        buf = io.BytesIO()
+        np.save(buf, v)
+        members[f"{k}.npy"] = stored(buf.getvalue())
+    return members
+
+
+def hostile_array_files(folder: Path) -> dict[str, Path]:
+    obj = io.BytesIO()
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    files = {
+        "zip_bomb.npz": zip_with({**amass_members(), "poses.npy": zip_bomb_member()}),
+        "header_lies.npz": zip_with({**amass_members(), "poses.npy": stored(npy_bytes((LIE // 156, 156)))}),
+        "header_lies.npy": npy_bytes((LIE // 322, 322)),
+        "object_member.npz": zip_with({**amass_members(), "trans.npy": stored(obj.getvalue())}),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in files}
+
+
+def test_hostile_npz_and_npy_are_refused_within_bounds(tmp_path):
+    paths = hostile_array_files(tmp_path)
+    assert paths["zip_bomb.npz"].stat().st_size < 4 << 20
+    done, peak = load_in_child(paths.values())
+    expect = {"zip_bomb.npz": ("key 'poses'", "zip bomb"), "header_lies.npz": ("key 'poses'", "truncated or crafted"),
+              "header_lies.npy": ("", "truncated or crafted"), "object_member.npz": ("key 'trans'", "object array")}
+    for name, (key, words) in expect.items():
+        out = done[str(paths[name])]
+        assert "error" in out and key in out["error"] and words in out["error"], (name, out)
+    assert peak < 400 << 20
+
+
+def test_control_numpy_load_of_the_array_bombs_exceeds_the_cap(tmp_path):
+    paths = hostile_array_files(tmp_path)
+    code = textwrap.dedent(f"""
+        import resource, sys, numpy as np
+        resource.setrlimit(resource.RLIMIT_AS, ({AS_CAP}, {AS_CAP}))
+        for path in sys.argv[1:]:
+            try:
+                z = np.load(path)
+                z["poses"] if path.endswith(".npz") else z
+            except MemoryError:
+                print("MemoryError", path)
+    """)
+    targets = [paths["zip_bomb.npz"], paths["header_lies.npz"], paths["header_lies.npy"]]
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, targets)], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("MemoryError") == 3, proc.stdout + proc.stderr
+
+
+def test_resampling_cannot_make_a_memory_bomb(tmp_path):
+    m = load_motion(_tiny_amass(tmp_path))
+    with pytest.raises(MotionError, match="at most 2,097,152 frames"):
+        m.resample(1e9)
+    with pytest.raises(MotionError, match="at most 2,097,152 frames"):
+        load_motion(_tiny_amass(tmp_path), fps=30, source_fps=1e-6)
+
+
+def _tiny_amass(folder: Path) -> Path:
+    path = folder / "tiny.npz"
+    np.savez(path, poses=np.zeros((4, 156)), trans=np.zeros((4, 3)), mocap_framerate=np.array(30.0))
+    return path

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -81,6 +83,16 @@ def test_stdout_carries_only_protocol(server):
     (b'{"id": 5, "op": "job_cancel", "job": 424242}', "not_found"),
     (b'{"id": 5, "op": "unload_avatar", "avatar": 999}', "not_found"),
     (b'{"id": 5, "op": "job_start", "kind": "no_such_kind"}', "bad_request"),
+    # valid JSON that must not get in: infinities spelled as numbers, 64-bit overflow, deep nesting
+    (b'{"id": 5, "op": "job_start", "kind": "selftest", "params": {"delay": 1e999}}', "bad_json"),
+    (b'{"id": 5, "op": "render", "width": 4, "height": 4, "camera": {"near": -1e400}}', "bad_json"),
+    (b'{"id": 5, "op": "shutdown", "wait": 99999999999999999999999}', "bad_json"),
+    # paths are absolute: the backend's working folder is nobody's business
+    (b'{"id": 5, "op": "load_avatar", "path": "avatars/mannequin"}', "bad_request"),
+    (b'{"id": 5, "op": "load_motion", "path": "dance.pkl"}', "bad_request"),
+    (b'{"id": 5, "op": "load_ply", "path": "./scene.ply"}', "bad_request"),
+    (b'{"id": 5, "op": "export_ply", "avatar": 1, "path": "out.ply"}', "bad_request"),
+    (b'{"id": 5, "op": "job_start", "kind": "selftest", "params": {"out": "runs/a"}}', "bad_request"),
 ])
 def test_faults_are_error_replies(server, line, code):
     server.send_line(line)
@@ -94,6 +106,57 @@ def test_faults_are_error_replies(server, line, code):
     assert reply["ok"] is False and reply["error"]["code"] == code, reply
     assert reply["error"]["message"] and len(reply["error"]["message"]) < 400
     assert server.ok("hello")["protocol_version"] == 1
+
+
+@pytest.mark.parametrize("name, line", [
+    ("400_digits", b'{"id": 5, "op": "shutdown", "wait": ' + b"9" * 400 + b"}"),
+    ("40_deep", b'{"id": 5, "op": "status", "x": ' + b"[" * 40 + b"]" * 40 + b"}"),
+    ("100000_deep", b'{"id": 5, "op": "status", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    ("deep_objects", b'{"id": 5, "op": "status", "x": ' + b'{"a":' * 50 + b"1" + b"}" * 50 + b"}"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_oversized_numbers_and_nesting_are_bad_json(server, name, line):
+    server.send_line(line)
+    reply = server.wait_reply(None, timeout=30)
+    assert reply["error"]["code"] == "bad_json", reply
+    assert server.ok("hello")
+
+
+def test_hostile_motion_files_are_error_replies(server, tmp_path):
+    """The crafted files of test_motion_safety (deep nesting, object pointers, memory bombs, a zip
+    bomb) through the real server: one file_error each, no crash, no memory taken."""
+    from .test_motion_safety import HOSTILE_PICKLES, hostile_array_files
+
+    def peak() -> int:
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) << 10
+
+    paths = list(hostile_array_files(tmp_path).values())
+    for name, (data, _) in HOSTILE_PICKLES.items():
+        paths.append(tmp_path / f"{name}.pkl")
+        paths[-1].write_bytes(data)
+    before = peak()
+    for path in paths:
+        err = server.error("load_motion", path=str(path))
+        assert err["code"] == "file_error" and str(path) in err["message"], err
+    assert server.ok("hello") and server.proc.poll() is None
+    assert peak() - before < 300 << 20, f"the server's peak memory grew by {(peak() - before) >> 20} MiB"
+
+
+def test_status_keeps_answering_after_refused_numbers(server):
+    """A request with 1e999 once made every later status reply fail to encode."""
+    server.send_line(b'{"id": 77, "op": "job_start", "kind": "selftest", "params": {"steps": 1, "delay": 1e999}}')
+    assert server.wait_reply(None, timeout=30)["error"]["code"] == "bad_json"
+    job = server.ok("job_start", kind="selftest", params={"steps": 1, "delay": 0.0})["job"]
+    assert server.final_event(job)["event"] == "job_done"
+    st = server.ok("status")
+    assert st["jobs"]["finished"] and all(j["state"] == "done" for j in st["jobs"]["finished"])
+
+
+def test_relative_paths_are_refused_by_name(server):
+    err = server.error("load_motion", path="dance.pkl")
+    assert "absolute path" in err["message"] and "dance.pkl" in err["message"]
+    err = server.error("job_start", kind="render_motion", params={"avatar_path": "/a", "motion": "m.npz", "out": "/o"})
+    assert "'motion'" in err["message"] and "absolute path" in err["message"]
 
 
 def test_nonexistent_avatar_and_bad_folder(server, tmp_path):
@@ -491,6 +554,42 @@ def test_shutdown_serves_earlier_requests_and_unlinks(avatar_dir):
     assert shm_entries(s.prefix) == []
 
 
+def test_full_shared_memory_is_an_error_reply_not_sigbus():
+    """Docker's 64 MB /dev/shm, made real in a private mount namespace: the second 1080p frame
+    does not fit. It is an error reply naming the remedy; releasing the first frame makes room."""
+    from .test_server_support import small_shm_wrap
+
+    wrap = small_shm_wrap(64)
+    if wrap is None:
+        pytest.skip("no private mount namespace here (needs root and util-linux unshare)")
+    s = RawServer(wrap=wrap)
+    try:
+        frame = dict(width=1920, height=1080, camera=front_camera(1920, 1080))     # rgba + depth: 41.5 MB
+        assert s.ok("render", slot="a", **frame)["arrays"]["rgba"]["shape"] == [1080, 1920, 4]
+        err = s.error("render", slot="b", **frame)
+        assert err["code"] == "unavailable" and "shared memory is full" in err["message"] and "--shm-size" in err["message"]
+        assert s.ok("hello") and s.proc.poll() is None
+        assert [b["slot"] for b in s.ok("status")["blocks"]] == ["a"]
+        s.ok("release", slot="a")
+        assert s.ok("render", slot="b", **frame)["slot"] == "b"
+    finally:
+        assert s.close() == 0
+
+
+def test_control_sparse_shared_memory_dies_of_sigbus_when_full():
+    """What the server did before: a block larger than what is left, written, kills with SIGBUS."""
+    from .test_server_support import small_shm_wrap
+
+    wrap = small_shm_wrap(64)
+    if wrap is None:
+        pytest.skip("no private mount namespace here (needs root and util-linux unshare)")
+    code = ("from multiprocessing import shared_memory\n"
+            "blocks = [shared_memory.SharedMemory(create=True, size=41472000) for _ in range(2)]\n"
+            "for b in blocks:\n    b.buf[:] = bytes(b.size)\n")
+    proc = subprocess.run([*wrap, sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr[-500:])
+
+
 def test_end_of_input_shuts_down(avatar_dir):
     s = RawServer()
     s.ok("render", width=16, height=16, camera=front_camera(16, 16))
@@ -511,20 +610,61 @@ def test_signal_unlinks_blocks(sig):
     assert shm_entries(s.prefix) == []
 
 
-def test_stray_prints_go_to_the_log(tmp_path):
-    plugin = tmp_path / "noisy_plugin.py"
-    plugin.write_text("print('hello from a plugin that prints')\n"
-                      "from backend.server import register_job_kind\n"
-                      "def make(params, services):\n"
-                      "    def run(ctx):\n"
-                      "        print('printing inside a job')\n"
-                      "        return {'ok': 1}\n"
-                      "    return run\n"
-                      "register_job_kind('noisy', make)\n")
-    s = RawServer("--plugin", "noisy_plugin", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+FAULTY_PLUGIN = """
+import sys
+from backend.server import register_job_kind
+from backend.server.core import Server
+print('hello from a plugin that prints')
+
+def make(params, services):
+    def run(ctx):
+        print('printing inside a job')
+        return {'ok': 1}
+    return run
+
+def exit_factory(params, services):
+    sys.exit("a factory that exits")
+
+def exit_run(params, services):
+    def run(ctx):
+        raise SystemExit("a job that exits")
+    return run
+
+def unjsonable(params, services):
+    return lambda ctx: {"result": object()}
+
+release = Server.op_release
+def op_release(self, msg):          # the request thread: a handler that exits
+    if msg.get("slot") == "exit":
+        raise SystemExit(3)
+    return release(self, msg)
+
+Server.op_release = op_release
+for name, f in (("noisy", make), ("exit_factory", exit_factory), ("exit_run", exit_run), ("unjsonable", unjsonable)):
+    register_job_kind(name, f)
+"""
+
+
+def test_plugins_print_to_the_log_and_no_thread_dies(tmp_path):
+    """Stray prints land in the log; SystemExit or an unencodable result in any thread (main,
+    request, job) is an error reply or a failed job, and every thread keeps serving."""
+    (tmp_path / "faulty_plugin.py").write_text(FAULTY_PLUGIN)
+    s = RawServer("--plugin", "faulty_plugin", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     job = s.ok("job_start", kind="noisy")["job"]
     assert s.final_event(job)["result"] == {"ok": 1}
-    s.close()
+    assert s.error("job_start", kind="exit_factory")["code"] == "internal"          # main thread
+    assert s.error("release", slot="exit")["code"] == "internal"                    # request thread
+    assert s.ok("release", slot="other")["released"] == []
+    for kind in ("exit_run", "unjsonable"):                                          # job thread
+        job = s.ok("job_start", kind=kind)["job"]
+        final = s.final_event(job)
+        assert final["event"] in ("job_failed", "job_done") and s.proc.poll() is None, final
+    job = s.ok("job_start", kind="selftest", params={"steps": 2, "delay": 0.0})["job"]
+    assert s.final_event(job)["event"] == "job_done"
+    t0 = time.monotonic()
+    rid = s.send("shutdown", wait=1e300)                                             # clamped, not OverflowError
+    assert s.wait_reply(rid)["ok"] is True and s.proc.wait(30) == 0
+    assert time.monotonic() - t0 < 20
     assert all(json.loads(line) for line in s.raw)
     time.sleep(0.2)
     assert any("plugin that prints" in line for line in s.stderr_lines)
@@ -557,6 +697,31 @@ def test_hello_survives_a_bad_smplx_path(tmp_path):
         assert s.close() == 0
 
 
+def test_block_names_are_unpredictable_and_retried_when_taken(monkeypatch):
+    """Another process that creates the next block's name first does not stop the server."""
+    from backend import protocol as P
+    from backend.server import shm
+
+    tokens = iter(["aaaaaaaa", "aaaaaaaa", "bbbbbbbb"])
+    monkeypatch.setattr(shm.secrets, "token_hex", lambda n: next(tokens))
+    pool = shm.ShmPool(pid=999_999)
+    squatter = shared_memory.SharedMemory(name=P.block_name(999_999, 1, "aaaaaaaa"), create=True, size=16)
+    try:
+        block, _, views = pool.allocate("frame", [("x", "uint8", (16,))])
+        assert block.name == "dw_999999_1_bbbbbbbb" and block.name.startswith(pool.prefix)
+        views["x"][...] = 7
+    finally:
+        pool.release(None)
+        squatter.close()
+        squatter.unlink()
+    monkeypatch.undo()
+    a, b = shm.ShmPool(pid=999_998), shm.ShmPool(pid=999_998)
+    try:
+        names = {pool.allocate("frame", [("x", "uint8", (8,))])[0].name for pool in (a, b)}
+        assert len(names) == 2        # same pid, same serial: the tokens differ
+    finally:
+        a.release(None)
+        b.release(None)
 def test_sh_of_a_static_scene_reaches_the_renderer_and_turns_with_the_object(server, tmp_path):
     """Issue 17: SH coefficients travel load_ply -> object matrix -> rasterizer -> shared memory;
     the frame matches an independent evaluation (gsplat's reference SH formulas) along the view

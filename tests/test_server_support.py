@@ -15,6 +15,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def small_shm_wrap(megabytes: int = 64) -> list[str] | None:
+    """A command prefix that runs a program in a private mount namespace whose /dev/shm is a
+    `megabytes` tmpfs (Docker's default is 64 MB), or None where that is not permitted here
+    (it needs root, or CAP_SYS_ADMIN, and util-linux's unshare)."""
+    wrap = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size={megabytes}m tmpfs /dev/shm && exec "$0" "$@"']
+    try:
+        probe = subprocess.run([*wrap, "df", "-m", "/dev/shm"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return wrap if probe.returncode == 0 and f" {megabytes} " in probe.stdout else None
+
+
 def shm_entries(prefix: str = "dw_") -> list[str]:
     try:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
@@ -25,10 +37,11 @@ def shm_entries(prefix: str = "dw_") -> list[str]:
 class RawServer:
     """`python -m backend serve` with line-level access to its stdin/stdout."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, wrap: list[str] | None = None) -> None:
+        """wrap: a command that execs the server (e.g. into another mount namespace)."""
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = open(os.devnull, "wb") if os.environ.get("DW_TEST_QUIET") else None
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", *args], cwd=ROOT,
+        self.proc = subprocess.Popen([*(wrap or []), sys.executable, "-m", "backend", "serve", *args], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=full_env, bufsize=0)
         self.replies: dict = {}

@@ -76,6 +76,41 @@ def test_config_round_trip_presets_and_durations():
             parse_duration(bad)
 
 
+@pytest.mark.parametrize("settings, named", [
+    ({"steps": "3000"}, "'steps' must be an integer; got str"),
+    ({"steps": 12.5}, "'steps' must be an integer; got float"),
+    ({"views": True}, "'views' must be an integer; got bool"),
+    ({"seed": None}, "'seed' must be an integer"),
+    ({"time_budget": float("inf")}, "'time_budget' must be a finite number; got inf"),
+    ({"canonical_fraction": float("nan")}, "'canonical_fraction' must be a finite number; got nan"),
+    ({"betas": [0.5, float("nan")]}, "'betas' item 1 must be a finite number"),
+    ({"sds": {"guidance_scale": float("inf")}}, "'sds.guidance_scale' must be a finite number"),
+    ({"sds": {"t_range_start": [0.1]}}, "'sds.t_range_start' must hold 2 values"),
+    ({"sds": {"templates": {"front": 3}}}, "'sds.templates' entry 'front' must be a string"),
+    ({"cameras": {"fov_deg": [30.0, "wide"]}}, "'cameras.fov_deg' item 1 must be a number"),
+    ({"lr": {"means": None}}, "'lr.means' must be a number"),
+    ({"densify": {"every": 1e300}}, "'densify.every' must be an integer"),
+    ({"prompt": ["a", "list"]}, "'prompt' must be a string"),
+])
+def test_config_refuses_non_finite_and_wrongly_typed_settings(settings, named):
+    """Each bad setting is refused where it is made (a JSON request, a command line, a resumed
+    run's config.json), by its dotted name; through from_dict and the constructor alike."""
+    with pytest.raises(ValueError) as exc:
+        TrainConfig.from_dict(dict(settings, prompt=settings.get("prompt", "x")))
+    assert named in str(exc.value)
+    with pytest.raises(ValueError) as exc:
+        TrainConfig(**dict(settings, prompt=settings.get("prompt", "x")))
+    assert named in str(exc.value)
+
+
+def test_config_accepts_what_json_round_trips():
+    """Tuples arrive as lists and integral numbers where floats are declared: both are fine."""
+    c = TrainConfig.from_dict({"prompt": "x", "sds": {"guidance_scale": 7, "t_range_start": [0.1, 0.9]},
+                               "cameras": {"fov_deg": (30, 40.0)}, "time_budget": 60})
+    assert c.sds.guidance_scale == 7 and c.time_budget == 60
+    assert TrainConfig.from_dict(__import__("json").loads(c.to_json())) == TrainConfig.from_dict(c.to_dict())
+
+
 def test_schedule_stages_and_time_budget_shortening():
     s = Schedule.create(100, 0.05, 0.5)
     assert [s.stage_at(i) for i in (0, 4, 5, 52, 53, 99)] == \
@@ -352,7 +387,13 @@ def test_cancel_and_resume_equal_one_run(tiny_dir, models, tmp_path):
         run_training(config, tmp_path / "parts", should_cancel=cancel_after_five, models=models)
     assert err.value.step == 5 and err.value.checkpoint.exists()
     assert not (tmp_path / "parts" / "avatar").exists()
+    # what a SIGKILL in the middle of writes leaves: a half checkpoint and a half avatar folder
+    stale = [err.value.checkpoint.with_name(f".{err.value.checkpoint.name}.k3j2s9ab.pt.tmp"),
+             tmp_path / "parts" / ".avatar.q1w2e3r4.tmp"]
+    stale[0].write_bytes(b"half a checkpoint")
+    stale[1].mkdir()
     resumed = run_training(config, tmp_path / "parts", resume=True, models=models)
+    assert not any(p.exists() for p in stale)
     a = load_file(str(whole / "gaussians.safetensors"))
     b = load_file(str(resumed / "gaussians.safetensors"))
     assert set(a) == set(b)

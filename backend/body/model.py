@@ -12,15 +12,18 @@ import dataclasses
 import hashlib
 import os
 import sys
-import zipfile
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..safe_numpy import ArrayFileError, open_npz
 from .joints import HAND_JOINTS, JOINT_NAMES, NUM_JOINTS, PARENTS
-from .template import cache_dir, vertex_normals
+from .template import vertex_normals
+from .validate import check_arrays
 
 REQUIRED_KEYS = ("v_template", "f", "weights", "J_regressor", "shapedirs", "posedirs",
                  "kintree_table", "hands_componentsl", "hands_componentsr",
@@ -57,6 +60,7 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
 
 
 def _validate_file(path: Path) -> dict[str, np.ndarray]:
+    """The file's arrays, read within bounds (never unpickled) and checked (``validate``)."""
     from ..files import lfs_pointer_message
 
     if not path.exists():
@@ -65,11 +69,12 @@ def _validate_file(path: Path) -> dict[str, np.ndarray]:
     if lfs:
         raise BodyModelError(f"body model file {path} is {lfs}")
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files if k in REQUIRED_KEYS or k.startswith(("dynamic_lmk", "part_of"))
-                  or k == TEMPLATE_MARKER}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise BodyModelError(f"body model file {path} is not a readable SMPL-X .npz ({exc})") from exc
+        with open_npz(path) as data:
+            arrays = {k: data[k] for k in data.files
+                      if k in REQUIRED_KEYS or k.startswith(("dynamic_lmk", "part_of")) or k == TEMPLATE_MARKER}
+    except ArrayFileError as exc:
+        raise BodyModelError(f"body model file {path} is not a readable SMPL-X .npz: "
+                             f"{f'key {exc.key} ' if exc.key else ''}{exc.problem}") from None
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:
         raise BodyModelError(f"body model file {path} is missing the keys {', '.join(missing)} "
@@ -82,6 +87,7 @@ def _validate_file(path: Path) -> dict[str, np.ndarray]:
     if arrays["weights"].shape[0] != nv or arrays["shapedirs"].shape[0] != nv:
         raise BodyModelError(f"body model file {path} is inconsistent: v_template has {nv} vertices "
                              f"but weights/shapedirs have {arrays['weights'].shape[0]}/{arrays['shapedirs'].shape[0]}")
+    check_arrays(arrays, path, BodyModelError)
     return arrays
 
 
@@ -123,10 +129,9 @@ class BodyModel:
         arrays = _validate_file(path)
         kind = kind or ("template" if TEMPLATE_MARKER in arrays else "smplx")
         digest = content_hash(arrays)
-        loadable = path if kind == "template" else _sanitized_copy(arrays, digest)
         with contextlib.redirect_stdout(sys.stderr):  # smplx prints warnings; stdout may be the protocol
-            self._smplx = smplx.SMPLX(str(loadable), ext="npz", use_pca=False, flat_hand_mean=True,
-                                      num_betas=300, num_expression_coeffs=100).to(device)
+            self._smplx = _smplx_from_arrays(smplx, {k: v for k, v in arrays.items() if k != TEMPLATE_MARKER},
+                                             path).to(device)
         self.path = path
         self.kind = kind
         self.device = torch.device(device)
@@ -318,12 +323,43 @@ def _batch_size(pose: dict[str, Any], transl: Any) -> int:
     return 1
 
 
-def _sanitized_copy(arrays: dict[str, np.ndarray], digest: str) -> Path:
-    """smplx loads `.npz` files with pickles allowed; hand it a copy holding only plain arrays."""
-    from ..files import atomic_path
+_SMPLX_LOCK = threading.Lock()
 
-    path = cache_dir() / f"smplx_{digest[:16]}.npz"
-    if not path.exists():
-        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **{k: v for k, v in arrays.items() if k != TEMPLATE_MARKER})
-    return path
+
+class _NumpyHandingArrays:
+    """numpy, but for ``load``: smplx.SMPLX reads its model with np.load(path, allow_pickle=True),
+    which would unpickle whatever the file holds. While a model is built, that one call returns
+    the arrays read and checked here instead."""
+
+    def __init__(self, real: Any, arrays: dict[str, np.ndarray], handed: list) -> None:
+        self._real, self._arrays, self._handed = real, arrays, handed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def load(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        self._handed.append(True)
+        return dict(self._arrays)
+
+
+def _smplx_from_arrays(smplx: Any, arrays: dict[str, np.ndarray], path: Path) -> Any:
+    """smplx.SMPLX built from `arrays` (never from a file: a cache file handed to it by path would
+    run code for whoever can write the cache). It is given an empty placeholder, so a smplx that
+    read files some other way would fail on it, never unpickle; and it must have taken the arrays."""
+    from smplx import body_models
+
+    handed: list = []
+    with _SMPLX_LOCK, tempfile.TemporaryDirectory(prefix="dreamwaltz-smplx-") as folder:
+        placeholder = Path(folder) / "model.npz"
+        placeholder.write_bytes(b"")
+        real = body_models.np
+        body_models.np = _NumpyHandingArrays(real, arrays, handed)
+        try:
+            model = smplx.SMPLX(str(placeholder), ext="npz", use_pca=False, flat_hand_mean=True,
+                                num_betas=300, num_expression_coeffs=100)
+        finally:
+            body_models.np = real
+    if not handed:
+        raise BodyModelError(f"the installed smplx did not take the checked arrays of {path}; refusing to let it "
+                             "read the file itself (install smplx 0.1.28)")
+    return model

@@ -614,13 +614,10 @@ def generate(betas_dirs: bool = True) -> dict[str, np.ndarray]:
 
 def write_template(path: str | os.PathLike) -> Path:
     """Generate the template and write it atomically as a SMPL-X-layout `.npz`."""
-    from ..files import atomic_path
+    from ..files import write_npz_atomic
 
     path = Path(path)
-    arrays = generate()
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    write_npz_atomic(path, generate(), compressed=True)
     return path
 
 

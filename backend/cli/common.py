@@ -22,15 +22,22 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..render import RenderError
 
     return (CommandError, AvatarFileError, AvatarInitError, PoseError, BodyModelError,
-            MotionError, GaussianFileError, RenderError, FileNotFoundError)
+            MotionError, GaussianFileError, RenderError)
 
 
 def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Run a command: a user error, or any OSError (a full disk, a file size limit, a missing
+    folder), is one `error:` line naming the file, exit status 1; never a traceback."""
     args = parser.parse_args(argv)
     try:
         return int(main(args) or 0)
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        from ..files import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

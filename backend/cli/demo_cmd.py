@@ -51,10 +51,12 @@ def _blender_available() -> bool:
 
 def _render_in_blender(args: argparse.Namespace, avatar_dir: Path, motion_file: Path, plate: Path,
                        camera_file: Path, frames_dir: Path, fps: float) -> dict:
-    cmd = [sys.executable, "-m", "backend.cli.demo_blender", "--avatar", str(avatar_dir), "--motion",
-           str(motion_file), "--plate", str(plate), "--camera", str(camera_file), "--out", str(frames_dir),
-           "--fps", str(fps)]
+    from .. import protocol as P
+
     root = Path(__file__).resolve().parents[2]
+    cmd = P.isolated_command(sys.executable, str(root), "backend.cli.demo_blender", "--avatar", str(avatar_dir),
+                             "--motion", str(motion_file), "--plate", str(plate), "--camera", str(camera_file),
+                             "--out", str(frames_dir), "--fps", str(fps))
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     timings: dict = {}
     tail: list[str] = []

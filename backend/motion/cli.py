@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from ..files import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..safe_numpy import ArrayFileError, open_npz
 from ..files import LFS_POINTER_PREFIX, lfs_pointer_message
 from .convert import to_y_up
 from .errors import MotionError
@@ -59,10 +59,10 @@ def _detect(p: Path):
         raise MotionError(p, None, message=f"this is {lfs_pointer_message(p)}")
     if head.startswith(_ZIP_MAGIC):
         try:
-            with np.load(p, allow_pickle=False) as z:
+            with open_npz(p) as z:
                 keys = set(z.files)
-        except (zipfile.BadZipFile, ValueError, OSError) as exc:
-            raise _unknown(p, f"a zip archive that is not a readable .npz: {exc}") from None
+        except ArrayFileError as exc:
+            raise _unknown(p, f"a zip archive that is not a readable .npz: {exc.problem}") from None
         if project.is_project(keys):
             return "dreamwaltz", None
         if amass.is_amass(keys):
@@ -111,6 +111,13 @@ def load_motion(path, *, fps: float | None = None, source_fps: float | None = No
     ("Y", "Z", "-Y", ...). notes: a list that receives human-readable remarks.
     """
     p = Path(path)
+    try:
+        return _load(p, fps, source_fps, body_model, repair, up_axis, notes)
+    except ArrayFileError as exc:
+        raise MotionError(exc.path, exc.key, message=exc.problem) from None
+
+
+def _load(p: Path, fps, source_fps, body_model, repair, up_axis, notes) -> Motion:
     fmt, obj = _detect(p)
     if source_fps is not None and not (np.isfinite(source_fps) and source_fps > 0):
         raise MotionError(p, "source_fps", "a finite frame rate > 0", repr(source_fps))

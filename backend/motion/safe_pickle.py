@@ -1,4 +1,4 @@
-"""Restricted unpickling: numpy arrays and plain containers only, never code.
+"""Restricted unpickling: numpy arrays and plain containers only, never code, within bounds.
 
 AIST++ and TalkSHOW ship motions as pickles, TRAM as ``np.save``d dicts (pickles inside a
 .npy). A pickle names globals that the loader calls, so a naive ``pickle.load`` runs
@@ -13,18 +13,35 @@ whatever the file says (``os.system`` included). This unpickler admits a fixed a
   only shape/dtype. TalkSHOW files hold CUDA tensors under ``losses_to_log``; TRAM's
   results are CPU tensors. Nothing is ever executed and no GPU is needed.
 
-Anything else raises MotionError naming the file and the refused global.
+Allowed is not enough: a small pickle can still take a process down through what the
+unpickler builds. So before anything is built, a scan of the opcodes (``pickletools``)
+refuses nesting deeper than ``PICKLE_MAX_DEPTH`` (hashing a 300,000-deep tuple overflows
+the C stack), more than ``PICKLE_MAX_OPS`` objects, memo indices beyond the opcodes seen
+(the C unpickler sizes its memo by the index: 9 bytes asked for 2.3 GB) and length prefixes
+beyond the data; the file is read whole first (at most ``MAX_FILE_BYTES``), so no prefix is
+allocated before it is checked. While building, BUILD (``__setstate__``) is done only on
+numpy arrays and dtypes, whose states are checked (size against the data, no arrays
+inside object arrays); every stand-in is fresh per lookup, so one file cannot change how
+another decodes; numpy constructors that allocate by argument are reachable only in the
+form numpy's own pickles use. The limits live in ``backend.limits``.
+
+Anything else raises MotionError naming the file and what was refused.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
+import pickletools
 import struct
 
 import numpy as np
 
+from ..limits import (DECODE_BUDGET_BASE, DECODE_BUDGET_FACTOR, MAX_ARRAY_BYTES, MAX_FILE_BYTES, PICKLE_MAX_DEPTH,
+                      PICKLE_MAX_LONG_BYTES, PICKLE_MAX_OPS)
+from ..safe_numpy import ArrayFileError, read_npy, read_npy_header
 from .errors import MotionError
 
 __all__ = ["safe_load", "safe_loads", "load_npy_object", "TorchTensorStub", "to_numpy"]
@@ -85,9 +102,6 @@ class TorchTensorStub:
         self.device = device
         self.array = array
 
-    def __setstate__(self, state):   # BUILD on a stub must not do anything
-        pass
-
     def __repr__(self):
         return f"TorchTensorStub(shape={self.shape}, device={self.device!r}, data={'yes' if self.array is not None else 'no'})"
 
@@ -106,20 +120,38 @@ def to_numpy(value):
     return None
 
 
+class _Budget:
+    """Bytes the torch stand-ins of one file may still materialise (strides can repeat data)."""
+
+    def __init__(self, file_bytes: int) -> None:
+        self.left = DECODE_BUDGET_FACTOR * file_bytes + DECODE_BUDGET_BASE
+
+    def take(self, nbytes: int) -> bool:
+        if nbytes > self.left or nbytes > MAX_ARRAY_BYTES:
+            return False
+        self.left -= nbytes
+        return True
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+                       backward_hooks=None, metadata=None, *, budget: _Budget | None = None):
     """Stand-in for torch._utils._rebuild_tensor_v2: a strided view of the storage bytes,
-    bounds-checked so a crafted size/stride cannot read outside the storage."""
+    bounds-checked so a crafted size/stride cannot read outside the storage or repeat it
+    beyond the file's decode budget."""
     size = tuple(int(s) for s in size)
     stride = tuple(int(s) for s in stride)
     data = getattr(storage, "data", None)
     device = getattr(storage, "device", None)
     dtype = getattr(storage, "dtype", None)
     arr = None
-    if data is not None and len(size) == len(stride):
+    if data is not None and len(size) == len(stride) and len(size) <= 32:
         offset = int(storage_offset)
-        if offset >= 0 and all(s >= 0 for s in stride) and all(s >= 0 for s in size):
-            if any(s == 0 for s in size):
+        count = 1
+        for s in size:
+            count *= max(s, 0)
+        affordable = budget is None or budget.take(count * data.itemsize)
+        if affordable and offset >= 0 and all(s >= 0 for s in stride) and all(s >= 0 for s in size):
+            if count == 0:
                 arr = np.zeros(size, dtype=data.dtype)
             else:
                 last = offset + sum((n - 1) * st for n, st in zip(size, stride))
@@ -130,8 +162,8 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return TorchTensorStub(size, dtype, device, arr)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride):
-    return _rebuild_tensor_v2(storage, storage_offset, size, stride)
+def _rebuild_tensor(storage, storage_offset, size, stride, *, budget: _Budget | None = None):
+    return _rebuild_tensor_v2(storage, storage_offset, size, stride, budget=budget)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -145,7 +177,12 @@ def _codecs_encode(text, encoding="latin1", errors="strict"):
     return text.encode("latin1", errors)
 
 
-# ----------------------------------------------------------------------------- allow-list
+# ----------------------------------------------------------------------------- numpy, as numpy pickles use it
+class _NdarrayClass:
+    """What ``numpy.ndarray`` resolves to: only an argument of ``_reconstruct`` (calling the class
+    itself would allocate whatever shape the file names)."""
+
+
 def _numpy_attr(*names):
     import numpy.core.multiarray as ma
     for name in names:
@@ -155,49 +192,223 @@ def _numpy_attr(*names):
     raise AttributeError(names)
 
 
+def _reconstruct(subtype, shape, dtype):
+    """numpy's pickles start every array as ``_reconstruct(ndarray, (0,), b'b')`` and BUILD it."""
+    if not isinstance(subtype, _NdarrayClass):
+        raise pickle.UnpicklingError("numpy _reconstruct is admitted only for plain ndarrays")
+    if not isinstance(shape, tuple) or len(shape) > 1 or any(not isinstance(s, int) or not 0 <= s <= 1 for s in shape):
+        raise pickle.UnpicklingError(f"numpy _reconstruct with shape {shape!r} (numpy's pickles use (0,))")
+    if not isinstance(dtype, (bytes, str)) or len(dtype) > 4:
+        raise pickle.UnpicklingError("numpy _reconstruct with an unexpected dtype argument")
+    return _numpy_attr("_reconstruct")(np.ndarray, shape, dtype)
+
+
+def _dtype(obj, align=False, copy=True):
+    """np.dtype, always a private copy: BUILD on it must not touch numpy's shared dtypes."""
+    return np.dtype(obj, bool(align), True)
+
+
+def _plain_dtype(dtype, path=None) -> np.dtype:
+    """A dtype as numpy itself would make it from its name: numeric, text or object, no fields.
+
+    A dtype's pickled state carries its flags; an object dtype whose flags say "no objects" makes
+    numpy read file bytes as object pointers (a crash, or worse). So a state must change nothing
+    that the name does not say."""
+    ok = isinstance(dtype, np.dtype) and dtype.fields is None and dtype.subdtype is None and dtype.kind in "biufcSUO"
+    if ok:
+        ref = np.dtype(dtype.str)
+        ok = dtype == ref and dtype.flags == ref.flags and dtype.itemsize == ref.itemsize \
+            and dtype.hasobject == ref.hasobject and dtype.alignment == ref.alignment
+    if not ok:
+        raise MotionError(path, None, message=(
+            f"refused the numpy dtype {str(dtype)[:60]!r}: motion pickles may hold plain numeric, text or "
+            "object arrays; nothing in the file was executed"))
+    return dtype
+
+
+def _scalar(dtype, obj=None):
+    return _numpy_attr("scalar")(_plain_dtype(dtype), obj) if obj is not None else \
+        _numpy_attr("scalar")(_plain_dtype(dtype))
+
+
 def _frombuffer(buf, dtype, shape, order):
+    dtype = _plain_dtype(np.dtype(dtype))
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("object arrays cannot come from a buffer")
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order).copy()
 
 
-def _allowed():
-    reconstruct = _numpy_attr("_reconstruct")
-    scalar = _numpy_attr("scalar")
+def _bytearray(source=b"", encoding=None, errors="strict"):
+    """bytearray from bytes (or latin-1 text), never from a size."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytearray(source)
+    if isinstance(source, str) and encoding is not None:
+        return bytearray(_codecs_encode(source, encoding, errors))
+    raise pickle.UnpicklingError("bytearray is admitted only from bytes")
+
+
+def _check_array_state(state, path) -> None:
+    """An ndarray's BUILD state: (version, shape, dtype, fortran, data), consistent and bounded."""
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise MotionError(path, None, message="a numpy array in the pickle has a malformed state")
+    shape, dtype, raw = state[-4], state[-3], state[-1]
+    if not isinstance(shape, tuple) or len(shape) > 32 or any(not isinstance(s, int) or s < 0 for s in shape):
+        raise MotionError(path, None, message=f"a numpy array in the pickle has an invalid shape {str(shape)[:80]}")
+    if not isinstance(dtype, np.dtype):
+        raise MotionError(path, None, message="a numpy array in the pickle has no dtype")
+    _plain_dtype(dtype, path)
+    count = 1
+    for s in shape:
+        count *= s
+    if dtype.hasobject:
+        if not isinstance(raw, list) or len(raw) != count:
+            raise MotionError(path, None, message="an object array in the pickle does not hold its items")
+        if any(isinstance(item, (np.ndarray, TorchTensorStub)) for item in raw):
+            raise MotionError(path, None, message=(
+                "refused an object array whose items are arrays (motion files hold numeric arrays; nested "
+                "object arrays can crash a reader)"))
+        return
+    nbytes = count * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise MotionError(path, None, message=f"a numpy array of shape {shape} would take {nbytes:,} bytes, more "
+                          f"than the {MAX_ARRAY_BYTES:,}-byte limit for one array")
+    if not isinstance(raw, (bytes, bytearray, str)) or len(raw) != nbytes:
+        raise MotionError(path, None, message=f"a numpy array of shape {shape} ({nbytes:,} bytes) comes with "
+                          f"{len(raw) if isinstance(raw, (bytes, bytearray, str)) else 'no'} bytes of data")
+
+
+# ----------------------------------------------------------------------------- allow-list
+def _allowed() -> dict:
+    """(module, name) -> a factory giving what the global resolves to (fresh where it has state)."""
     table = {}
     for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(core, "_reconstruct")] = reconstruct
-        table[(core, "scalar")] = scalar
+        table[(core, "_reconstruct")] = lambda: _reconstruct
+        table[(core, "scalar")] = lambda: _scalar
     for core in ("numpy.core.numeric", "numpy._core.numeric"):
-        table[(core, "_frombuffer")] = _frombuffer
-    table[("numpy", "ndarray")] = np.ndarray
-    table[("numpy", "dtype")] = np.dtype
-    table[("collections", "OrderedDict")] = __import__("collections").OrderedDict
-    table[("builtins", "set")] = set
-    table[("builtins", "frozenset")] = frozenset
-    table[("builtins", "complex")] = complex
-    table[("builtins", "bytearray")] = bytearray
-    table[("builtins", "slice")] = slice
-    table[("_codecs", "encode")] = _codecs_encode
+        table[(core, "_frombuffer")] = lambda: _frombuffer
+    table[("numpy", "ndarray")] = _NdarrayClass
+    table[("numpy", "dtype")] = lambda: _dtype
+    table[("collections", "OrderedDict")] = lambda: __import__("collections").OrderedDict
+    table[("builtins", "set")] = lambda: set
+    table[("builtins", "frozenset")] = lambda: frozenset
+    table[("builtins", "complex")] = lambda: complex
+    table[("builtins", "bytearray")] = lambda: _bytearray
+    table[("builtins", "slice")] = lambda: slice
+    table[("_codecs", "encode")] = lambda: _codecs_encode
     # torch, without torch
-    table[("torch._utils", "_rebuild_tensor_v2")] = _rebuild_tensor_v2
-    table[("torch._utils", "_rebuild_tensor")] = _rebuild_tensor
-    table[("torch._utils", "_rebuild_parameter")] = _rebuild_parameter
-    table[("torch", "Size")] = tuple
+    table[("torch._utils", "_rebuild_parameter")] = lambda: _rebuild_parameter
+    table[("torch", "Size")] = lambda: tuple
     for name in _TORCH_STORAGE_DTYPES:
-        table[("torch", name)] = _StorageType(name)
-    table[("torch", "UntypedStorage")] = _StorageType("ByteStorage")
+        table[("torch", name)] = functools.partial(_StorageType, name)
+    table[("torch", "UntypedStorage")] = functools.partial(_StorageType, "ByteStorage")
     return table
 
 
-_ALLOWED = None
+_ALLOWED: dict | None = None
 _MAX_LEGACY_NESTING = 2
+_TENSOR_REBUILDERS = {"_rebuild_tensor_v2": _rebuild_tensor_v2, "_rebuild_tensor": _rebuild_tensor}
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, file, path, storages=None, depth=0):
+# ----------------------------------------------------------------------------- the scan before building
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+_EMPTY = frozenset({"EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"})
+
+
+def _prescan(f: io.BytesIO, path) -> None:
+    """Walk one pickle's opcodes (f's position is restored) tracking how deep each stack value
+    nests, and refuse what would blow up when built; see the module docstring."""
+    start = f.tell()
+    total = len(f.getbuffer())
+    stack: list[int] = []      # nesting depth of each value on the unpickler's stack
+    marks: list[int] = []      # stack positions of MARKs
+    memo: dict[int, int] = {}
+    ops = 0
+
+    def refuse(what: str) -> MotionError:
+        return MotionError(path, None, message=f"refused the pickle: {what}; nothing in it was built or executed")
+
+    def take(n: int, name: str) -> list[int]:
+        if len(stack) - (marks[-1] if marks else 0) < n:
+            raise refuse(f"{name} on an empty stack")
+        out = stack[len(stack) - n:] if n else []
+        del stack[len(stack) - n:]
+        return out
+
+    try:
+        for op, arg, pos in pickletools.genops(f):
+            ops += 1
+            if ops > PICKLE_MAX_OPS:
+                raise refuse(f"more than {PICKLE_MAX_OPS:,} objects")
+            name = op.name
+            if name == "FRAME" and arg > total - f.tell():
+                raise refuse(f"a frame of {arg:,} bytes where {total - f.tell():,} remain")
+            if name in ("LONG1", "LONG4") and abs(arg).bit_length() > 8 * PICKLE_MAX_LONG_BYTES:
+                raise refuse(f"an integer of more than {PICKLE_MAX_LONG_BYTES} bytes")
+            if name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+                raise refuse("out-of-band buffers")
+            if name in _PUT_OPS or name == "MEMOIZE":
+                index = len(memo) if name == "MEMOIZE" else int(arg)
+                if index < 0 or index > ops:
+                    raise refuse(f"memo index {index:,} after {ops:,} opcodes")
+                if not stack or (marks and marks[-1] == len(stack)):
+                    raise refuse("a memo entry of nothing")
+                memo[index] = stack[-1]
+                continue
+            if name in _GET_OPS:
+                stack.append(memo.get(int(arg), 0))
+                continue
+            if name == "MARK":
+                marks.append(len(stack))
+                continue
+            before, after = op.stack_before, op.stack_after
+            if pickletools.markobject in before:
+                if not marks:
+                    raise refuse(f"{name} without a mark")
+                at = marks.pop()
+                popped = stack[at:]
+                del stack[at:]
+                parts = take(before.index(pickletools.markobject), name) + popped
+            elif name == "POP" and marks and marks[-1] == len(stack):
+                marks.pop()
+                continue
+            else:
+                parts = take(len(before), name)
+            if name == "DUP":
+                stack += parts * 2
+            elif after:
+                if name in _IN_PLACE:
+                    depth = max([parts[0]] + [d + 1 for d in parts[1:]])
+                elif name in _EMPTY:
+                    depth = 1
+                else:
+                    depth = 1 + max(parts) if parts else 0
+                if depth > PICKLE_MAX_DEPTH:
+                    raise refuse(f"containers nested more than {PICKLE_MAX_DEPTH} deep")
+                stack.extend([depth] * len(after))
+    except MotionError:
+        raise
+    except Exception as exc:  # truncated data, unknown opcodes, prefixes beyond the data
+        raise MotionError(path, None, message=f"not a readable pickle ({type(exc).__name__}: {exc})") from None
+    f.seek(start)
+
+
+# ----------------------------------------------------------------------------- the unpickler
+class _SafeUnpickler(pickle._Unpickler):  # the Python unpickler: BUILD can be checked
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, path, storages=None, depth=0, budget: _Budget | None = None):
         super().__init__(file, encoding="latin1")
+        self._stream = file
         self._path = path
         self._storages = storages    # for legacy torch blobs: key -> _Storage (filled later)
         self._depth = depth
+        self._budget = budget or _Budget(len(file.getbuffer()))
+
+    def load(self):
+        _prescan(self._stream, self._path)
+        return super().load()
 
     def find_class(self, module, name):
         global _ALLOWED
@@ -205,13 +416,31 @@ class _SafeUnpickler(pickle.Unpickler):
             _ALLOWED = _allowed()
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return self._load_from_bytes
-        obj = _ALLOWED.get((module, name))
-        if obj is None:
+        if module == "torch._utils" and name in _TENSOR_REBUILDERS:
+            return functools.partial(_TENSOR_REBUILDERS[name], budget=self._budget)
+        factory = _ALLOWED.get((module, name))
+        if factory is None:
             raise MotionError(self._path, None, message=(
                 f"refused to unpickle global '{module}.{name}': motion pickles may only hold "
                 "numpy arrays, numpy scalars and plain containers (the file may be malicious "
                 "or not a motion file); nothing in it was executed"))
-        return obj
+        return factory()
+
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, np.ndarray):
+            _check_array_state(state, self._path)
+            inst.__setstate__(state)
+        elif isinstance(inst, np.dtype):
+            inst.__setstate__(state)
+            _plain_dtype(inst, self._path)
+        else:
+            raise MotionError(self._path, None, message=(
+                f"refused to set the state of a {type(inst).__name__} (only numpy arrays and dtypes take "
+                "one); nothing in the file was executed"))
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def persistent_load(self, pid):
         # torch's storage references: ('storage', storage_type, key, location, numel[, view])
@@ -231,10 +460,10 @@ class _SafeUnpickler(pickle.Unpickler):
             return _Storage(None, None)
         if self._depth >= _MAX_LEGACY_NESTING:
             raise MotionError(self._path, None, message="torch storage blobs nested too deep")
-        return _parse_legacy_torch(bytes(blob), self._path, self._depth + 1)
+        return _parse_legacy_torch(bytes(blob), self._path, self._depth + 1, self._budget)
 
 
-def _parse_legacy_torch(blob: bytes, path, depth: int):
+def _parse_legacy_torch(blob: bytes, path, depth: int, budget: _Budget):
     """Parse torch's legacy (non-zip) save format holding one storage.
 
     Layout: pickle(magic) pickle(protocol) pickle(sys_info) pickle(obj, storages as
@@ -244,22 +473,26 @@ def _parse_legacy_torch(blob: bytes, path, depth: int):
     """
     f = io.BytesIO(blob)
     storages: dict[str, list] = {}
+
+    def unpickler(into=None) -> _SafeUnpickler:
+        return _SafeUnpickler(f, path, into, depth, budget)
+
     try:
-        magic = _SafeUnpickler(f, path, depth=depth).load()
+        magic = unpickler().load()
         if magic != 0x1950A86A20F9469CFC6C:
             return _Storage(None, None)
-        _SafeUnpickler(f, path, depth=depth).load()          # protocol version
-        sys_info = _SafeUnpickler(f, path, depth=depth).load()
+        unpickler().load()          # protocol version
+        sys_info = unpickler().load()
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             return _Storage(None, None)
-        obj = _SafeUnpickler(f, path, storages, depth).load()
-        keys = _SafeUnpickler(f, path, depth=depth).load()
+        obj = unpickler(storages).load()
+        keys = unpickler().load()
         for key in keys:
             (count,) = struct.unpack("<q", f.read(8))
             refs = storages.get(str(key), [])
             stype = refs[0].stype if refs else _StorageType("?")
             item = stype.itemsize
-            if item is None or count < 0:
+            if item is None or count < 0 or count * item > len(blob):
                 break
             raw = f.read(count * item)
             if len(raw) != count * item:
@@ -275,12 +508,29 @@ def _parse_legacy_torch(blob: bytes, path, depth: int):
 
 
 # ----------------------------------------------------------------------------- entry points
+def _read_whole(fileobj, path) -> io.BytesIO:
+    """The rest of the stream, in chunks (read(n) of a file allocates n bytes up front)."""
+    out = io.BytesIO()
+    while True:
+        chunk = fileobj.read(1 << 24)
+        if not chunk:
+            break
+        out.write(chunk)
+        if out.tell() > MAX_FILE_BYTES:
+            raise MotionError(path, None, message=f"a pickle larger than the {MAX_FILE_BYTES:,}-byte limit")
+    out.seek(0)
+    return out
+
+
 def safe_load(fileobj, path=None):
-    """Unpickle from a binary file object with the allow-list above."""
+    """Unpickle from a binary file object with the allow-list and bounds above."""
+    stream = _read_whole(fileobj, path)
     try:
-        return _SafeUnpickler(fileobj, path).load()
+        return _SafeUnpickler(stream, path).load()
     except MotionError:
         raise
+    except RecursionError:
+        raise MotionError(path, None, message="refused the pickle: it nests too deep to build") from None
     except Exception as exc:  # truncated / corrupt pickles
         raise MotionError(path, None, message=f"not a readable pickle ({type(exc).__name__}: {exc})") from None
 
@@ -293,22 +543,17 @@ def load_npy_object(path):
     """Read a .npy file; an object array (np.save of a dict) goes through safe_load.
 
     np.load(allow_pickle=True) would call pickle.load on the payload; here the header is
-    parsed with numpy's format reader and only the payload is unpickled, restricted.
+    parsed with numpy's format reader and only the payload is unpickled, restricted. A plain
+    array is read within bounds (``backend.safe_numpy``).
     """
-    from numpy.lib import format as npformat
-    with open(path, "rb") as f:
-        try:
-            version = npformat.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = npformat.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = npformat.read_array_header_2_0(f)
-        except Exception as exc:
-            raise MotionError(path, None, message=f"not a readable .npy file ({exc})") from None
-        if not dtype.hasobject:
-            f.seek(0)
-            return np.load(f, allow_pickle=False)
-        arr = safe_load(f, os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            _, _, dtype = read_npy_header(f, path)
+            if not dtype.hasobject:
+                return read_npy(path)
+            arr = safe_load(f, os.fspath(path))
+    except ArrayFileError as exc:
+        raise MotionError(exc.path, exc.key, message=exc.problem) from None
     if isinstance(arr, np.ndarray) and arr.shape == () and arr.dtype == object:
         return arr.item()
     return arr

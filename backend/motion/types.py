@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..limits import MAX_FRAMES
 from .errors import MotionError
 from .rotations import aa_to_quat, mat_to_quat, quat_to_aa, quat_to_mat, slerp
 
@@ -170,6 +171,9 @@ class Motion:
         n = self.num_frames
         if n < MIN_FRAMES:
             raise MotionError(path, "global_orient", f"at least {MIN_FRAMES} frame", f"{n} frames")
+        if n > MAX_FRAMES:
+            raise MotionError(path, "global_orient", f"at most {MAX_FRAMES:,} frames (the limit for one motion)",
+                              f"{n:,} frames")
         shapes = {"global_orient": (n, 3), "body_pose": (n, 21, 3), "left_hand_pose": (n, 15, 3),
                   "right_hand_pose": (n, 15, 3), "jaw_pose": (n, 3), "leye_pose": (n, 3),
                   "reye_pose": (n, 3), "transl": (n, 3)}
@@ -238,7 +242,11 @@ class Motion:
         n = self.num_frames
         if abs(fps - self.fps) < 1e-9 * max(fps, 1.0):
             return self.replace(fps=fps)
-        m = max(MIN_FRAMES, int(round(n * fps / self.fps)))
+        frames = n * fps / self.fps
+        if not frames <= MAX_FRAMES:
+            raise MotionError(None, "fps", f"a rate giving at most {MAX_FRAMES:,} frames (the limit for one motion)",
+                              f"{fps:g} fps: {frames:,.0f} frames from {n:,} at {self.fps:g} fps")
+        m = max(MIN_FRAMES, int(round(frames)))
         src = np.arange(m, dtype=np.float64) * (self.fps / fps)
         src = np.clip(src, 0.0, n - 1)
         i0 = np.floor(src).astype(np.int64)

@@ -235,10 +235,15 @@ class Server:
     def send(self, message: dict) -> None:
         try:
             data = P.encode(message)
-        except (TypeError, ValueError) as exc:
-            log.error("cannot encode a message for op reply %r: %s", message.get("id"), exc)
-            data = P.encode(P.reply_error(message.get("id"), P.INTERNAL,
-                                          f"internal error: the reply could not be encoded ({exc})"))
+        except (TypeError, ValueError, RecursionError) as exc:
+            text = f"internal error: the message could not be encoded ({str(exc)[:200]})"
+            if "event" in message:
+                log.error("cannot encode the event %r: %s", message.get("event"), exc)
+                job = message.get("job") if P.type_ok(message.get("job"), "int") else None
+                data = P.encode(P.event(str(message.get("event"))[:40], job, error={"code": P.INTERNAL, "message": text}))
+            else:
+                log.error("cannot encode a message for op reply %r: %s", message.get("id"), exc)
+                data = P.encode(P.reply_error(message.get("id"), P.INTERNAL, text))
         with self._out_lock:
             try:
                 self._out.write(data)
@@ -292,7 +297,7 @@ class Server:
     def op_load_avatar(self, msg: dict) -> dict:
         from ..avatar import read_meta
 
-        path = Path(msg["path"]).expanduser()
+        path = Path(P.absolute_path(msg["path"], "the field 'path'"))
         if not path.exists():
             raise P.ProtocolError(P.NOT_FOUND, f"the avatar folder {path} does not exist")
         path = path.resolve()
@@ -341,7 +346,7 @@ class Server:
     def op_load_ply(self, msg: dict) -> dict:
         from ..gsio import detect_format, read_gaussians
 
-        path = Path(msg["path"]).expanduser()
+        path = Path(P.absolute_path(msg["path"], "the field 'path'"))
         if not path.is_file():
             raise P.ProtocolError(P.NOT_FOUND, f"the Gaussian file {path} does not exist")
         path = path.resolve()
@@ -373,6 +378,11 @@ class Server:
         from ..avatar import pose_with_params, pose_with_transforms
         from ..gsio import GaussianFileError, Splats, format_for_path, write_gaussians
 
+        path = Path(P.absolute_path(msg["path"], "the field 'path'"))
+        try:
+            fmt = format_for_path(path)
+        except GaussianFileError as exc:
+            raise P.ProtocolError(P.BAD_REQUEST, f"export_ply: {exc}") from None
         avatar = self.services.avatar(msg["avatar"])
         if msg.get("transforms") is not None:
             t = _matrix(msg["transforms"], (P.NUM_JOINTS, 4, 4), "transforms")
@@ -383,11 +393,6 @@ class Server:
         else:
             g = pose_with_params(avatar)
             posed = False
-        path = Path(msg["path"]).expanduser()
-        try:
-            fmt = format_for_path(path)
-        except GaussianFileError as exc:
-            raise P.ProtocolError(P.BAD_REQUEST, f"export_ply: {exc}") from None
         write_gaussians(path, Splats.from_gaussian_set(g.detach().to("cpu"), up="y"), fmt)
         return {"path": str(path.resolve()), "num_gaussians": len(g), "posed": posed, "format": fmt}
 
@@ -454,26 +459,43 @@ class Server:
                 self._current_op = op
                 try:
                     self._call(rid, op, msg)
+                except BaseException as exc:  # noqa: BLE001 - SystemExit & co. from a handler: this thread serves on
+                    self._last_resort(rid, op, exc)
                 finally:
                     self._current_op = None
 
+    def _last_resort(self, rid: Any, op: str, exc: BaseException) -> None:
+        """What escaped every other handler (a SystemExit from a library, a failing reply) still
+        gets an error reply; the thread that caught it keeps serving."""
+        log.error("op %s (id %s): %s escaped its handler:\n%s", op, rid, type(exc).__name__, traceback.format_exc())
+        try:
+            self.send(P.reply_error(rid, P.INTERNAL, f"internal error ({type(exc).__name__}: {str(exc)[:200]}); "
+                                    "the backend log has the details"))
+        except Exception:  # noqa: BLE001 - nothing more can be done for this request
+            pass
+
     def handle_line(self, line: bytes) -> dict | None:
-        """Handle one request line; returns the shutdown request when the line asks for it."""
+        """Handle one request line; returns the shutdown request when the line asks for it.
+        Never raises (but for the termination signals): every line gets its reply."""
         rid: Any = None
+        op = "?"
         try:
             msg = P.decode(line)
             rid = msg.get("id") if isinstance(msg.get("id"), int) and not isinstance(msg.get("id"), bool) else None
             rid, op = P.validate_request(msg)
+            if op == "shutdown":
+                return msg
+            msg["__received"] = time.perf_counter()
+            if op in INLINE_OPS:
+                self._call(rid, op, msg)
+            else:
+                self._requests.put((rid, op, msg))
         except P.ProtocolError as exc:
             self.send(P.reply_error(exc.request_id if exc.request_id is not None else rid, exc.code, exc.message))
-            return None
-        if op == "shutdown":
-            return msg
-        msg["__received"] = time.perf_counter()
-        if op in INLINE_OPS:
-            self._call(rid, op, msg)
-        else:
-            self._requests.put((rid, op, msg))
+        except _Terminate:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the main thread must keep reading
+            self._last_resort(rid, op, exc)
         return None
 
     def _read_lines(self):
@@ -515,7 +537,7 @@ class Server:
             return code
         wait = 10.0
         if shutdown_msg is not None and P.type_ok(shutdown_msg.get("wait"), "number"):
-            wait = max(0.0, float(shutdown_msg["wait"]))
+            wait = min(max(0.0, float(shutdown_msg["wait"])), P.MAX_SHUTDOWN_WAIT)
         self._shutdown(wait=wait, reply_to=None if shutdown_msg is None else shutdown_msg.get("id"))
         return code
 

@@ -40,6 +40,10 @@ LAZY_KINDS: dict[str, str] = {
 }
 
 
+PATH_PARAMS = ("out", "avatar_path", "motion", "body_model")
+"""Job parameters that name files or folders: they must be absolute paths."""
+
+
 class JobParamError(ValueError):
     """A job parameter that cannot be used; the job is refused before it is queued."""
 
@@ -60,6 +64,14 @@ class JobFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        P.encode({"value": value})
+        return True
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def register_job_kind(name: str, factory: JobFactory | str) -> None:
@@ -148,6 +160,10 @@ class JobContext:
         if preview is not None:
             fields["preview"] = str(preview)
         fields.update(extra)
+        if not _encodable(fields):
+            log.warning("job %d (%s): progress fields that are not JSON were dropped: %s", self._job.id, self.kind,
+                        sorted(extra))
+            fields = {k: v for k, v in fields.items() if k not in extra}
         self._job.progress = fields
         self._manager.emit(P.event("job_progress", self._job.id, **fields))
 
@@ -206,6 +222,10 @@ class JobManager:
     # ---- requests ------------------------------------------------------------------------
     def start(self, kind: str, params: dict) -> dict:
         factory = resolve_kind(kind)
+        params = dict(params)
+        for name in PATH_PARAMS:
+            if params.get(name) is not None:
+                params[name] = P.absolute_path(params[name], f"job {kind!r}: the parameter {name!r}")
         try:
             run = factory(dict(params), self.services)
         except JobParamError as exc:
@@ -284,15 +304,21 @@ class JobManager:
                 self._current = job
                 job.state = "running"
                 job.started = time.monotonic()
-            self._run(job)
+            try:
+                self._run(job)
+            except BaseException as exc:  # noqa: BLE001 - SystemExit & co.: report it, keep running jobs
+                log.error("job %d (%s): %s escaped:\n%s", job.id, job.kind, type(exc).__name__, traceback.format_exc())
+                if job.state in ("running", "cancelling"):
+                    self._finish(job, "failed", "job_failed", error={
+                        "code": P.JOB_ERROR, "message": f"the job stopped with {type(exc).__name__}: {str(exc)[:200]}"})
             with self._lock:
                 self._current = None
 
     def _run(self, job: Job) -> None:
-        self.emit(P.event("job_started", job.id, kind=job.kind))
-        ctx = JobContext(job, self)
-        log.info("job %d (%s) started", job.id, job.kind)
         try:
+            self.emit(P.event("job_started", job.id, kind=job.kind))
+            ctx = JobContext(job, self)
+            log.info("job %d (%s) started", job.id, job.kind)
             result = job.run(ctx)
         except JobCancelled as exc:
             self._finish(job, "cancelled", "job_cancelled", result=exc.result)
@@ -314,6 +340,11 @@ class JobManager:
                 self._finish(job, "done", "job_done", result=result)
 
     def _finish(self, job: Job, state: str, event_name: str, result: Any = None, error: dict | None = None) -> None:
+        if not _encodable(result):   # kept for status replies: it must encode, now and later
+            log.error("job %d (%s) returned a result that is not JSON: %.200r", job.id, job.kind, result)
+            state, event_name, result = "failed", "job_failed", None
+            error = {"code": P.JOB_ERROR, "message": "the job's result is not JSON (finite numbers, strings, "
+                     "lists and objects only); the backend log has it"}
         job.state = state
         job.result = result
         job.error = error

@@ -17,7 +17,7 @@ UP_AXES = ("Y", "Z", "-Y", "-Z", "X", "-X")
 def load_motion_op(services: Any, pool: ShmPool, msg: dict) -> dict:
     from ..motion import MotionError, load_motion
 
-    path = Path(str(msg.get("path", ""))).expanduser()
+    path = Path(P.absolute_path(msg.get("path"), "the field 'path'"))
     if not path.exists():
         raise P.ProtocolError(P.NOT_FOUND, f"the motion file {path} does not exist")
     fps = msg.get("fps")

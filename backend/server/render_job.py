@@ -75,7 +75,7 @@ def make_render_motion_job(params: dict, services: Any):
         import torch
 
         from ..avatar import pose_with_params
-        from ..files import atomic_path
+        from ..files import atomic_path, remove_stale_temps
         from ..motion import load_motion
         from ..render import rasterize
 
@@ -88,6 +88,7 @@ def make_render_motion_job(params: dict, services: Any):
             if first >= last:
                 raise JobFailed(P.BAD_REQUEST, f"the frame range {first}..{last} is empty (the motion has {n} frames)")
             out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(out, depth=0)     # frames a killed job left half-written
             bg = None if background is None else torch.as_tensor(background, dtype=torch.float32, device=services.device)
 
             def frame_params(i: int) -> dict:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_path
+from ..files import write_torch_atomic
 
 FORMAT = "dreamwaltz-train-checkpoint"
 VERSION = 1
@@ -34,8 +34,7 @@ def checkpoint_path(out_dir: str | os.PathLike) -> Path:
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     path = Path(path)
     payload = dict(state, format=FORMAT, version=VERSION)
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    write_torch_atomic(path, payload)
     return path
 
 

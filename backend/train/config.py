@@ -25,6 +25,7 @@ from ..guidance.sds import SDSConfig
 from ..guidance.speed import ATTENTION
 from .appearance import HashGridConfig
 from .cameras import CameraConfig
+from .config_check import check_settings
 from .poses import PoseConfig
 from .skeleton import SkeletonConfig
 from .strategy import DensifyConfig
@@ -98,6 +99,7 @@ class TrainConfig:
     progress_every: float = 0.5           # seconds between progress reports
 
     def __post_init__(self) -> None:
+        check_settings(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose {', '.join(PRESETS)}")
         if self.appearance not in ("colors", "hashgrid"):
@@ -157,6 +159,7 @@ class TrainConfig:
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
+    check_settings(cls, data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

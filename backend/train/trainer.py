@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..avatar import Avatar, AvatarMeta, BoundGaussians, FreeGaussians, pose_with_transforms, save_avatar
 from ..avatar.posing import triangle_frames
 from ..body import BodyModel
-from ..files import write_bytes_atomic, write_text_atomic
+from ..files import remove_stale_temps, write_bytes_atomic, write_text_atomic
 from ..guidance import GuidanceModels, SDSGuidance, load_guidance_models, load_tiny_encoder
 from ..guidance.speed import accelerate
 from ..render import GaussianSet, rasterize, rasterize_views
@@ -580,6 +580,9 @@ class Trainer:
 
 def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temps(out_dir)       # a killed run's half-written checkpoints and previews
+    if stale:
+        log.info("removed %d temporary files a killed run left in %s", len(stale), out_dir)
     cfg_path = out_dir / "config.json"
     has_ckpt = checkpoint_path(out_dir).exists()
     if not resume and (has_ckpt or (out_dir / "avatar").exists()):

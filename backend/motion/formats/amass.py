@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...safe_numpy import open_npz
 from ..convert import add_hand_mean, detect_up
 from ..errors import MotionError
 from ..types import Motion
@@ -37,7 +38,7 @@ def is_beat2(keys) -> bool:
 
 
 def load(path, ctx: LoadContext) -> Motion:
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path) as z:
         keys = set(z.files)
         poses = array(require(z, "poses", path), "poses", path)
         if poses.ndim == 3:                       # (N, J, 3) spelling

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...files import atomic_path
+from ...safe_numpy import open_npz
+from ...files import write_npz_atomic
 from ..errors import MotionError
 from ..types import FRAME_FIELDS, CameraTrack, Motion
 from ._common import LoadContext, require, scalar, text
@@ -26,7 +27,7 @@ def is_project(keys) -> bool:
 
 
 def save(motion: Motion, path) -> None:
-    """Write atomically (backend.files.atomic_path)."""
+    """Write atomically (backend.files.write_npz_atomic)."""
     motion.validate(path)
     arrays = {MARKER: np.int64(FORMAT_VERSION), "fps": np.float64(motion.fps),
               "source_format": np.str_(motion.source_format or ""),
@@ -45,16 +46,11 @@ def save(motion: Motion, path) -> None:
             arrays["camera_width"] = np.int64(cam.width)
         if cam.height is not None:
             arrays["camera_height"] = np.int64(cam.height)
-    _write_atomic(Path(path), arrays)
-
-
-def _write_atomic(path: Path, arrays: dict) -> None:
-    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    write_npz_atomic(Path(path), arrays)
 
 
 def load(path, ctx: LoadContext) -> Motion:
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path) as z:
         version = int(scalar(require(z, MARKER, path), MARKER, path))
         if version > FORMAT_VERSION:
             raise MotionError(path, MARKER, f"format version <= {FORMAT_VERSION}",

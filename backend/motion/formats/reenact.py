@@ -18,6 +18,7 @@ import json
 
 import numpy as np
 
+from ...limits import MAX_JSON_BYTES
 from ..convert import detect_vertical
 from ..errors import MotionError
 from ..types import CameraTrack, Motion
@@ -37,9 +38,12 @@ def is_reenact(obj) -> bool:
 def read_json(path):
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MotionError(path, None, message=f"not a readable JSON file ({exc})") from None
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise MotionError(path, None, message=f"a JSON file larger than the {MAX_JSON_BYTES:,}-byte limit")
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MotionError(path, None, message=f"not a readable JSON file ({type(exc).__name__}: {exc})") from None
 
 
 def _stack(anns, group, key, size, path):

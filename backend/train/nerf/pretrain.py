@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ...body.template import cache_dir
-from ...files import atomic_path
+from ...files import write_torch_atomic
 from ...render import rasterize_views
 from ...render.torch_rasterizer import quat_to_rotmat
 from ..batches import background_color, pose_body
@@ -265,8 +265,7 @@ def save_cached(path: Path, config: NeRFConfig, body, betas: torch.Tensor, field
                "field": {k: v.detach().cpu() for k, v in field.state_dict().items()},
                "grid": {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in grid.state_dict().items()},
                "psnr": float(report["psnr"])}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    write_torch_atomic(path, payload)
     return path
 
 
