@@ -35,6 +35,12 @@ MAX_DEPTH = 32
 MAX_INT = 1 << 63
 """Integers in messages lie in (-MAX_INT, MAX_INT): ids, sizes, handles and counts all do."""
 
+MAX_MAGNITUDE = 1e8
+"""Numbers in matrices and vectors of a request (poses, cameras, object placement, expression,
+background) lie within ±MAX_MAGNITUDE: the renderer works in float32, where a product of four
+such numbers still fits (a 1e308 in an object matrix made its covariances infinite); a 5000 mm
+lens on a 36 mm sensor at 16K pixels is a focal length of 2.3e6."""
+
 MAX_SHUTDOWN_WAIT = 120.0
 """Longest ``wait`` a shutdown request may ask for (seconds)."""
 
@@ -97,6 +103,11 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
     "job_cancel": {"job": ("int", True)},
     "job_status": {"job": ("int", False)},
 }
+
+# ---- training jobs ---------------------------------------------------------------------
+TRAIN_RECIPES = ("fast", "dreamwaltz-g")
+"""`recipe` of a train job (`fast` is the default); its progress events carry ``recipe``,
+``stage`` (the stage's name), ``stage_index`` (0-based) and ``stages`` (the stage names in order)."""
 
 RENDER_PASSES = ("rgba", "depth")
 CAMERA_MODELS = ("pinhole", "ortho")

@@ -4,6 +4,7 @@
     python bench/train.py --quick --out bench/results/train_<card>_quick.txt
     python bench/train.py --smoke --out /tmp/train_smoke.txt               # tiny models, CPU check
     python bench/train.py --only taesd-4-fp16-c --profile [--trace DIR]     # where the time goes
+    python bench/train.py --recipes --out bench/results/train_recipes_<card>.txt   # both recipes
 
 The diffusion models are Stable Diffusion 1.5's UNet, VAE and CLIP text encoder and the
 OpenPose ControlNet v1.1 built from their configs with random weights: the same shapes and
@@ -22,6 +23,13 @@ ratio from one run, and "plain": ours without CUDA graphs and batch workers. Row
 --only: 4-fp16, 1-fp16, 4-bf16, 1-bf16, taesd-4-fp16 (the tiny encoder), plain-4-fp16,
 dwg-1-fp32, and the same with -c for torch.compile (4-fp16-c, taesd-4-fp16-c, 4-bf16-c, ...).
 Each compiled row compiles for 1.5-3 minutes first; a device call of 10 minutes fits about four.
+
+--recipes measures the recipes instead: for each of --recipe fast and --recipe dreamwaltz-g (at
+the precisions and compile settings of --recipe-rows), every stage of its schedule in turn
+(warm-up, then --iters iterations back to back), and the wall time of the whole recipe
+extrapolated from each stage's speed x its planned iterations, plus the NeRF -> Gaussians
+conversion once (dreamwaltz-g). Row ids for --recipe-rows: fast-fp16, dwg-fp32, dwg-fp16, and
+with -c compiled (fast-fp16-c, dwg-fp32-c, dwg-fp16-c).
 """
 
 from __future__ import annotations
@@ -268,6 +276,136 @@ def table(results: list[dict], skipped: list[Row], args: argparse.Namespace, dev
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass
+class RecipeRow:
+    recipe: str
+    dtype: str
+    compiled: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{'dwg' if self.recipe == 'dreamwaltz-g' else self.recipe}-{self.dtype}" + ("-c" if self.compiled else "")
+
+
+RECIPE_ROWS = {r.id: r for r in (RecipeRow("fast", "fp16"), RecipeRow("dreamwaltz-g", "fp32"),
+                                 RecipeRow("dreamwaltz-g", "fp16"), RecipeRow("fast", "fp16", True),
+                                 RecipeRow("dreamwaltz-g", "fp32", True), RecipeRow("dreamwaltz-g", "fp16", True))}
+SMOKE_NERF = dict(levels=6, log2_table=12, grid_size=32, max_steps=64, pretrain_steps=20, pretrain_resolution=24,
+                  pretrain_points=2048, pretrain_gaussians=2000, pretrain_voxels=32, pretrain_views=1,
+                  convert_resolution=48, skin_smooth_iters=10, bound_gaussians=300, prior_points=200, prior_pool=2)
+SMOKE_RECIPE_STEPS = 2   # iterations of each stage actually run with --smoke (enough to reach every stage)
+
+
+def recipe_config(row: RecipeRow, args: argparse.Namespace, device: str) -> TrainConfig:
+    """The recipe as a user runs it (its defaults), on this device; with --smoke, tiny renders.
+    Without the NeRF package dreamwaltz-g is measured without its NeRF stages (init = template)."""
+    from backend.train.nerf_stage import nerf_available
+
+    extra: dict = {}
+    if row.recipe == "dreamwaltz-g" and not nerf_available():
+        extra["init"] = "template"
+    if args.smoke and row.recipe == "dreamwaltz-g":
+        names = [s.name for s in TrainConfig(prompt="x", recipe=row.recipe, **extra).stages()]
+        extra.update(nerf=SMOKE_NERF, stage_resolutions={n: args.resolution for n in names})
+    return TrainConfig(prompt="a chef dressed in white", recipe=row.recipe, device=device, dtype=row.dtype,
+                       rasterizer=args.rasterizer, compile=row.compiled, checkpoint_every=0, preview_every=0,
+                       log_every=0, num_gaussians=args.gaussians, resolution=args.resolution, **extra)
+
+
+def measure_recipe(row: RecipeRow, master: dict, args: argparse.Namespace, device: str) -> dict:
+    """ms per iteration of each stage of a recipe, and the recipe's wall time extrapolated."""
+    config = recipe_config(row, args, device)
+    dtype = DTYPES[config.diffusion_dtype]
+    parts = {k: (copy.deepcopy(v) if k in ("unet", "vae", "text_encoder", "controlnet") else v)
+             for k, v in master.items()}
+    models = prepare_models(parts, device, dtype, {"sd_model": "random", "controlnet": "random"})
+    trainer = Trainer(config, None, models=models, timer=PhaseTimer(enabled=False))
+    trainer.ensure_guidance()
+    stages, convert_s, compile_s = [], 0.0, 0.0
+    schedule = trainer.schedule
+    for i, (name, planned) in enumerate(zip(list(schedule.names), list(schedule.lengths))):
+        if planned == 0:
+            continue
+        spec = trainer.stages[name]
+        trainer.step_index = schedule.start_of(i)
+        if spec.kind == "gaussians" and trainer.phase == "nerf":
+            sync(device)
+            t0 = time.perf_counter()
+            trainer.convert()
+            sync(device)
+            convert_s = time.perf_counter() - t0
+        warm = min(args.warmup, max(0, planned - 1))
+        t0 = time.perf_counter()
+        run_steps(trainer, warm, device)
+        if row.compiled and not compile_s:
+            compile_s = time.perf_counter() - t0
+        n = max(1, min(args.iters, planned - warm))
+        ms = run_steps(trainer, n, device)
+        stages.append({"name": name, "kind": spec.kind, "resolution": spec.resolution, "planned": planned,
+                       "ms": ms, "minutes": planned * ms / 60000})
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    result = {"row": row, "config": config, "stages": stages, "convert_s": convert_s, "compile_s": compile_s,
+              "gaussians": trainer.num_gaussians, "peak_gib": peak,
+              "minutes": sum(st["minutes"] for st in stages) + convert_s / 60}
+    trainer.close()
+    del trainer, models, parts
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def recipe_table(results: list[dict], header: list[str]) -> str:
+    targets = {"fast": 5.0, "dreamwaltz-g": 20.0}
+    lines = header + ["", f"{'recipe':<13} {'dtype':>5} {'mode':>8} {'stage':<12} {'kind':<9} {'px':>4} "
+                          f"{'iters':>6} {'ms/iter':>8} {'minutes':>8}", "-" * 82]
+    for r in results:
+        row = r["row"]
+        mode = "compiled" if row.compiled else "eager"
+        if "error" in r:
+            lines.append(f"{row.recipe:<13} {row.dtype:>5} {mode:>8}  FAILED: {r['error']}")
+            continue
+        for st in r["stages"]:
+            lines.append(f"{row.recipe:<13} {row.dtype:>5} {mode:>8} {st['name']:<12} {st['kind']:<9} "
+                         f"{st['resolution']:>4} {st['planned']:>6} {st['ms']:>8.1f} {st['minutes']:>8.2f}")
+        note = []
+        if r["convert_s"]:
+            note.append(f"NeRF -> Gaussians {r['convert_s']:.1f} s")
+        if row.recipe == "dreamwaltz-g" and r["config"].init == "template":
+            note.append("NeRF stages not in this build: measured without them (init = template)")
+        if row.compiled:
+            note.append(f"compile {r['compile_s']:.0f} s (once, not in the total)")
+        lines.append(f"{row.recipe:<13} {row.dtype:>5} {mode:>8} {'WHOLE RECIPE':<12} {'':<9} {'':>4} "
+                     f"{sum(st['planned'] for st in r['stages']):>6} {'':>8} {r['minutes']:>8.2f}  "
+                     f"target <= {targets[row.recipe]:.0f} min; {r['gaussians']} Gaussians at the end"
+                     + ("; " + "; ".join(note) if note else ""))
+    lines.append("(minutes: planned iterations x measured ms/iter, + the conversion; model loading, previews, "
+                 "checkpoints and export not included)")
+    return "\n".join(lines) + "\n"
+
+
+def run_recipes(args: argparse.Namespace, device: str, master: dict, header: list[str]) -> str:
+    ids = args.recipe_rows.split(",") if args.recipe_rows else (
+        ["fast-fp16", "dwg-fp32"] if args.smoke else ["fast-fp16", "dwg-fp32", "dwg-fp16"])
+    unknown = [i for i in ids if i not in RECIPE_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown --recipe-rows {', '.join(unknown)}; choose from {', '.join(RECIPE_ROWS)}")
+    results = []
+    for rid in ids:
+        row = RECIPE_ROWS[rid]
+        if args.smoke:
+            row = dataclasses.replace(row, dtype="fp32")
+        print(f"recipe {row.recipe} {row.dtype} {'compiled' if row.compiled else 'eager'} ...", file=sys.stderr,
+              flush=True)
+        try:
+            results.append(measure_recipe(row, master, args, device))
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the table
+            print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            results.append({"row": row, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
+    return recipe_table(results, header)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="write the table here too")
@@ -289,6 +427,11 @@ def main() -> int:
     parser.add_argument("--trace", default=None, help="with --profile: write each row's timeline (Chrome trace) here")
     parser.add_argument("--only", default=None,
                         help="comma-separated row ids to run, e.g. 4-fp16,taesd-4-fp16-c,dwg-1-fp32,plain-4-fp16")
+    parser.add_argument("--recipes", action="store_true",
+                        help="measure each stage of both recipes and extrapolate their wall time (see above)")
+    parser.add_argument("--recipe-rows", default=None,
+                        help=f"with --recipes: comma-separated ids ({', '.join(RECIPE_ROWS)}; "
+                             "default fast-fp16,dwg-fp32,dwg-fp16)")
     args = parser.parse_args()
     device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     args.smoke = args.smoke or device == "cpu"
@@ -321,6 +464,19 @@ def main() -> int:
                   "ahead by worker processes, except in the rows without speed-ups) and their upload, render = "
                   "posing + rasterisation, encode = VAE (or tiny) encoder, unet+cn = ControlNet + "
                   "UNet with CFG, backward = through encoder, renderer and posing, optim = Adam + densification stats"]
+        if args.recipes:
+            header[0] = header[0].replace("ms per training iteration", "the two recipes, stage by stage")
+            header[2] = (f"render {args.resolution}x{args.resolution} ({rasterizer}) in the 3DGS stages, "
+                         f"{args.gaussians} initial Gaussians where the recipe starts from the template, "
+                         f"{args.iters} measured iterations per stage after {args.warmup} warm-up")
+            text = run_recipes(args, device, master, header[:3])
+            text += f"\ntotal benchmark time {(time.perf_counter() - start) / 60:.1f} min\n"
+            print(text)
+            if args.out:
+                from backend.files import write_text_atomic
+
+                write_text_atomic(args.out, text)
+            return 0
         results, skipped = [], []
         for row in rows:
             elapsed = (time.perf_counter() - start) / 60

@@ -36,7 +36,9 @@ class DREAMWALTZ_PT_create(_Tab, bpy.types.Panel):
         col.prop(settings, "prompt", text="")
         col.prop(settings, "negative_prompt", text="Avoid")
         row = col.row()
-        row.prop(settings, "preset", text="")
+        row.prop(settings, "recipe", text="")
+        if settings.recipe == "fast":
+            row.prop(settings, "preset", text="")
         row.prop(settings, "expression", text="Expressions")
         col.prop(settings, "run_folder")
         prefs = session.addon_preferences(context)
@@ -53,8 +55,10 @@ class DREAMWALTZ_PT_create(_Tab, bpy.types.Panel):
         if status:
             layout.label(text=status, icon="TIME")
         if progress.total:
-            text = (f"{progress.stage} {progress.step}/{progress.total}  loss {progress.loss:.3g}  "
-                    f"ETA {eta_text(progress.eta)}")
+            stage = f"{progress.stage} ({progress.stage_index + 1}/{progress.stages})" if progress.stages \
+                else progress.stage
+            text = (f"{progress.recipe} {stage} {progress.step}/{progress.total}  loss {progress.loss:.3g}  "
+                    f"ETA {eta_text(progress.eta)}").strip()
             layout.progress(factor=progress.step / max(progress.total, 1), text=text)
         image = bpy.data.images.get(PREVIEW_IMAGE)
         if image is not None and image.preview is not None:

@@ -342,7 +342,8 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
         result["seen"] = seen[:]
         p = bpy.context.window_manager.dreamwaltz_progress
         result.update(state=p.state, step=p.step, total=p.total, avatar=p.avatar,
-                      preview="DreamWaltz Preview" in bpy.data.images)
+                      preview="DreamWaltz Preview" in bpy.data.images, recipe=p.recipe, stages=p.stages,
+                      recipes=[i.identifier for i in s.bl_rna.properties["recipe"].enum_items])
         assert bpy.ops.dreamwaltz.add_created() == {{"FINISHED"}}
         result["rig"] = bpy.context.active_object.name
         # a finished run resumed is just its avatar again
@@ -366,6 +367,10 @@ def test_create_panel_trains_an_avatar_and_adds_it(tmp_path):
     assert result["fast_state"] == "done"
     assert json.loads((tmp_path / "fast" / "config.json").read_text())["sds"]["encoder"] == "tiny"
     assert result["state"] == "done" and result["avatar"] == str(run / "avatar")
+    from backend.protocol import TRAIN_RECIPES
+
+    assert result["recipe"] == "fast" and result["stages"] == 3  # the progress events name recipe and stages
+    assert result["recipes"] == list(TRAIN_RECIPES)
     from backend.avatar import read_meta
 
     meta = read_meta(run / "avatar")

@@ -98,6 +98,26 @@ def test_sbatch_scripts_pass_prompts_and_paths_through_bash_unchanged(tmp_path, 
     assert "--signal" not in render
 
 
+def test_a_train_task_on_several_gpus_trains_its_avatar_view_parallel(tmp_path):
+    """--gpus-per-task 2: the task asks Slurm for two GPUs and runs the training under torchrun
+    with one rank per GPU (the command tests/test_train_distributed.py runs for real)."""
+    (tmp_path / "prompts.txt").write_text("a chef\n")
+    echo = tmp_path / "python3"
+    echo.write_text("#!/bin/sh\nexec " + sys.executable + " -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \"$@\"\n")
+    echo.chmod(0o755)
+    runs = tmp_path / "runs"
+    proc = run_backend("farm", "slurm", "train", str(tmp_path / "prompts.txt"), "--runs", str(runs),
+                       "--python", str(echo), "--gpus-per-task", "2", "--", "--views", "4", check=True)
+    script = Path(proc.stdout.strip())
+    assert "#SBATCH --gres=gpu:2" in script.read_text()
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "78", "CUDA_VISIBLE_DEVICES": "0,1"}
+    ran = subprocess.run(["bash", str(script)], cwd=script.parent, env=env, capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout.splitlines()[-1]) == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "backend", "train",
+        "--prompt", "a chef", "--out", str(runs / run_name(0, "a chef")), "--resume", "--views", "4"]
+
+
 @pytest.mark.skipif(not OPENJD.exists(), reason="openjd-cli is not installed (requirements.txt)")
 def test_openjd_render_bundle_runs_and_maps_the_shots_windows_paths(tmp_path, farm_shot):
     out = tmp_path / "frames"

@@ -87,6 +87,9 @@ def test_stdout_carries_only_protocol(server):
     (b'{"id": 5, "op": "job_start", "kind": "selftest", "params": {"delay": 1e999}}', "bad_json"),
     (b'{"id": 5, "op": "render", "width": 4, "height": 4, "camera": {"near": -1e400}}', "bad_json"),
     (b'{"id": 5, "op": "shutdown", "wait": 99999999999999999999999}', "bad_json"),
+    # finite, but beyond what float32 maths survives
+    (b'{"id": 5, "op": "render", "width": 4, "height": 4, "camera": {}, "depth_empty": 1e308}', "bad_request"),
+    (b'{"id": 5, "op": "render", "width": 4, "height": 4, "camera": {}, "background": [1e300, 0, 0]}', "bad_request"),
     # paths are absolute: the backend's working folder is nobody's business
     (b'{"id": 5, "op": "load_avatar", "path": "avatars/mannequin"}', "bad_request"),
     (b'{"id": 5, "op": "load_motion", "path": "dance.pkl"}', "bad_request"),
@@ -722,6 +725,8 @@ def test_block_names_are_unpredictable_and_retried_when_taken(monkeypatch):
     finally:
         a.release(None)
         b.release(None)
+
+
 def test_sh_of_a_static_scene_reaches_the_renderer_and_turns_with_the_object(server, tmp_path):
     """Issue 17: SH coefficients travel load_ply -> object matrix -> rasterizer -> shared memory;
     the frame matches an independent evaluation (gsplat's reference SH formulas) along the view

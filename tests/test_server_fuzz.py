@@ -8,7 +8,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -113,8 +115,10 @@ _IDS = itertools.count(5_000_000)
 
 
 @pytest.fixture(scope="module")
-def fuzz_server():
-    s = RawServer()
+def fuzz_server(tmp_path_factory):
+    nowhere = tmp_path_factory.mktemp("no-models")     # a train job a fuzzed request starts finds no model
+    s = RawServer(env={"DREAMWALTZ_SD_MODEL": str(nowhere / "sd"), "DREAMWALTZ_CONTROLNET": str(nowhere / "cn"),
+                       "HF_HOME": str(nowhere / "hf"), "HF_HUB_OFFLINE": "1"})
     s.ok("hello")
     yield s
     s.close()
@@ -180,3 +184,203 @@ def test_fuzz_server_survived_and_left_no_blocks(fuzz_server):
     assert fuzz_server.ok("hello")
     fuzz_server.ok("release", all=True)
     assert shm_entries(fuzz_server.prefix) == []
+
+
+# ---- every field of every op, one by one ---------------------------------------------------------
+# Deterministic: each op of the protocol (shutdown included), each of its fields, the fields inside
+# its objects (camera, avatars[0], objects[0], job params of every kind, TrainConfig's settings)
+# and the first number of every matrix, set in turn to each hostile value while the rest of the
+# request stays valid, so each check sits behind a request that reaches it.
+RAW = "\u0000RAW\u0000"
+REFUSED_AT_DECODE = {
+    "NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity", "1e999": "1e999", "-1e400": "-1e400",
+    "2**64": str(2 ** 64), "-2**70": str(-(2 ** 70)), "400 digits": "9" * 400,
+    "lists too deep": "[" * P.MAX_DEPTH + "]" * P.MAX_DEPTH,
+    "objects too deep": '{"a":' * P.MAX_DEPTH + "0" + "}" * P.MAX_DEPTH,
+}
+DECODABLE = {"2**62": 2 ** 62, "-2**62": -(2 ** 62), "1e308": 1e308, "-1e308": -1e308, "-0.0": -0.0, "true": True,
+             "null": None, "empty string": "", "empty list": [], "empty object": {}}
+
+
+def _nest(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def _train_fields() -> list[tuple]:
+    """Every setting of TrainConfig (nested dataclasses by their dotted path), as params paths."""
+    import dataclasses
+
+    from backend.train.config import TrainConfig
+    from backend.train.job import JOB_KEYS
+
+    def walk(cls, prefix: tuple) -> list[tuple]:
+        out = []
+        for f in dataclasses.fields(cls):
+            out.append(prefix + (f.name,))
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                out += walk(type(default), prefix + (f.name,))
+        return out
+
+    return [("params", k) for k in JOB_KEYS] + walk(TrainConfig, ("params",))
+
+
+def _base_requests(avatar: int, obj: int, avatar_dir: Path, motion: Path, out: Path) -> list[tuple[dict, list]]:
+    """(a valid request, the paths of its fields to spoil) for every op, and for job_start one per kind."""
+    from .test_server_support import front_camera, identity_transforms
+
+    eye3 = [[[1.0 if r == c else 0.0 for c in range(3)] for r in range(3)] for _ in range(55)]
+    item = {"avatar": avatar, "transforms": identity_transforms(), "expression": [0.0] * 10,
+            "local_rotations": eye3, "betas": [0.0] * 10}
+    cam = front_camera(8, 8)
+    bases: list[tuple[dict, list]] = []
+    fixed = {
+        "hello": {"client": "fuzz", "protocol_version": P.PROTOCOL_VERSION},
+        "shutdown": {"wait": "not a number"},            # each spoiled value must keep the server serving
+        "status": {},
+        "load_avatar": {"path": str(avatar_dir), "reload": False},
+        "unload_avatar": {"avatar": 987_654},
+        "rig": {"avatar": avatar, "slot": "fuzzrig"},
+        "load_ply": {"path": str(out / "avatar.ply"), "reload": False},
+        "unload": {"object": 987_654},
+        "render": {"width": 8, "height": 8, "camera": cam, "avatars": [item], "objects": [{"object": obj,
+                   "matrix": [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]}],
+                   "passes": ["rgba", "depth"], "dtype": "float16", "background": [0.0, 0.0, 0.0], "slot": "fuzzframe",
+                   "flip_y": True, "depth_empty": 0.0, "rasterizer": "torch"},
+        "export_ply": {"avatar": avatar, "path": str(out / "fuzz.ply"), "transforms": identity_transforms(),
+                       "expression": [0.0] * 10, "local_rotations": eye3},
+        "load_motion": {"path": str(motion), "fps": 30, "avatar": avatar, "slot": "fuzzmotion", "source_fps": 30,
+                        "up_axis": "Z"},
+        "shape": {"avatar": avatar, "betas": [0.0] * 10, "height": 1.7, "weight": 70.0, "slot": "fuzzshape"},
+        "release": {"slot": "fuzz_nothing", "all": False},
+        "job_cancel": {"job": 987_654},
+        "job_status": {"job": 987_654},
+    }
+    assert set(fixed) | {"job_start"} == set(P.OPS), "a new op: give it a valid request here"
+    for op, msg in fixed.items():
+        paths = [(name,) for name in P.OPS[op]]
+        if op == "render":
+            paths += [("camera", k) for k in cam] + [("camera", "K", 0, 0), ("camera", "world_to_camera", 0, 0)]
+            paths += [("avatars", 0, k) for k in item] + [("objects", 0, "object"), ("objects", 0, "matrix")]
+            paths += [("avatars", 0, "transforms", 0, 0, 0), ("avatars", 0, "local_rotations", 0, 0, 0),
+                      ("avatars", 0, "expression", 0), ("avatars", 0, "betas", 0), ("objects", 0, "matrix", 0, 0),
+                      ("background", 0), ("passes", 0)]
+        if op == "export_ply":
+            paths += [("transforms", 0, 0, 0), ("local_rotations", 0, 0, 0), ("expression", 0)]
+        if op == "shape":
+            paths += [("betas", 0)]
+        bases.append(({"op": op, **msg}, paths))
+    selftest = {"steps": 0, "delay": 0.0, "fail_at": 5, "out": str(out / "selftest")}
+    render_motion = {"avatar_path": str(avatar_dir), "motion": str(motion), "out": str(out / "frames"), "width": 8,
+                     "height": 8, "camera": cam, "fps": 30, "start": 0, "end": 1, "background": [0.0, 0.0, 0.0],
+                     "rasterizer": "torch", "resume": False}
+    train = {"prompt": "a fuzzed dancer", "out": str(out / "train"), "device": "cpu", "allow_download": False,
+             "sd_model": str(out / "no-sd"), "controlnet": str(out / "no-controlnet")}
+    bases.append(({"op": "job_start", "kind": "selftest", "params": selftest},
+                  [("kind",), ("params",)] + [("params", k) for k in selftest]))
+    bases.append(({"op": "job_start", "kind": "render_motion", "params": render_motion},
+                  [("params", k) for k in render_motion] + [("params", "avatar"), ("params", "camera", "K", 0, 0),
+                                                            ("params", "background", 0)]))
+    bases.append(({"op": "job_start", "kind": "train", "params": train}, _train_fields()))
+    return bases
+
+
+def _spoil(msg: dict, path: tuple, value) -> dict:
+    """A deep copy of msg with the value at path replaced (missing objects on the way are added)."""
+    msg = json.loads(json.dumps(msg))
+    parent = msg
+    for key in path[:-1]:
+        parent = parent.setdefault(key, {}) if isinstance(parent, dict) else parent[key]
+    parent[path[-1]] = value
+    return msg
+
+
+def hostile_cases(bases) -> list[tuple[str, bytes]]:
+    cases = []
+    for msg, paths in bases:
+        for path in paths:
+            where = f"{msg['op']}{'/' + msg['kind'] if 'kind' in msg else ''}.{'.'.join(map(str, path))}"
+            for name, text in REFUSED_AT_DECODE.items():
+                cases.append((f"{where}={name}", json.dumps(_spoil(msg, path, RAW)).replace(json.dumps(RAW), text)))
+            values = dict(DECODABLE, **{"nested to the limit": _nest(P.MAX_DEPTH - len(path))})
+            for name, value in values.items():
+                if msg["op"] == "shutdown" and (value is None or P.type_ok(value, "number")):
+                    continue                              # a valid wait: the server would (rightly) stop
+                cases.append((f"{where}={name}", json.dumps(_spoil(msg, path, value))))
+    return cases
+
+
+def test_every_field_of_every_op_with_non_finite_and_deep_values(fuzz_server, avatar_dir, tmp_path):
+    """Each line is answered once (refused at decoding: bad_json with id null; else with its id,
+    never an internal error); every job it started ends; `status` answers after each op's batch
+    and at the end, and the server leaves no block behind."""
+    s = fuzz_server
+    avatar = s.ok("load_avatar", path=str(avatar_dir))["avatar"]
+    s.ok("export_ply", avatar=avatar, path=str(tmp_path / "avatar.ply"))
+    obj = s.ok("load_ply", path=str(tmp_path / "avatar.ply"))["object"]
+    motion = tmp_path / "walk.npz"
+    np.savez(motion, poses=np.zeros((4, 156)), trans=np.zeros((4, 3)), mocap_framerate=np.array(30.0))
+    bases = _base_requests(avatar, obj, avatar_dir, motion, tmp_path)
+    jobs, counts = [], {"bad_json": 0, "refused": 0, "ok": 0}
+    for msg, _ in bases:                                  # the unspoiled requests really are valid
+        reply = s.wait_reply(_send(s, json.dumps(msg)), timeout=120)
+        assert reply["ok"] or msg["op"] in ("shutdown", "unload_avatar", "unload", "job_cancel", "job_status"), \
+            (msg["op"], reply)
+        jobs += [reply["job"]] if msg["op"] == "job_start" else []
+    cases = hostile_cases(bases)
+    t0 = time.monotonic()
+    for start in range(0, len(cases), 250):               # pipelined: a batch written at once
+        sent, data = [], b""
+        for label, line in cases[start:start + 250]:
+            rid = next(_IDS)
+            sent.append((label, rid, _refused(line)))
+            data += line.replace('{"op"', f'{{"id": {rid}, "op"', 1).encode() + b"\n"
+        with s._cond:
+            s.replies.pop(None, None)
+        s.proc.stdin.write(data)
+        s.proc.stdin.flush()
+        for label, rid, refused in sent:
+            if refused:
+                continue
+            reply = s.wait_reply(rid, timeout=120)
+            assert reply["ok"] in (True, False), (label, reply)
+            if reply["ok"]:
+                counts["ok"] += 1
+                if label.startswith("job_start") and "job" in reply:
+                    jobs.append(reply["job"])
+                    s.send("job_cancel", job=reply["job"])   # a hostile value that was valid: end it now
+            else:
+                counts["refused"] += 1
+                assert reply["error"]["code"] in P.ERROR_CODES and reply["error"]["message"], (label, reply)
+                assert reply["error"]["code"] != P.INTERNAL, (label, reply)
+        assert s.request("status", timeout=60)["ok"] and s.proc.poll() is None   # read after the whole batch
+        with s._cond:
+            nulls = s.replies.pop(None, [])
+        assert len(nulls) == sum(r for _, _, r in sent), "each line refused at decoding is answered once"
+        assert all(m["error"]["code"] == P.BAD_JSON for m in nulls), nulls[:3]
+        counts["bad_json"] += len(nulls)
+    for job in jobs:
+        assert s.final_event(job, timeout=120)["event"] in P.FINAL_JOB_EVENTS
+    s.ok("release", all=True)
+    s.ok("unload", object=obj)
+    s.ok("unload_avatar", avatar=avatar)
+    status = s.ok("status")
+    assert status["blocks"] == [] and s.proc.poll() is None
+    print(f"{len(cases)} requests in {time.monotonic() - t0:.1f} s: {counts}, {len(jobs)} jobs started")
+
+
+def _send(s: RawServer, line: str) -> int:
+    rid = next(_IDS)
+    s.send_line(line.replace('{"op"', f'{{"id": {rid}, "op"', 1))
+    return rid
+
+
+def _refused(line: str) -> bool:
+    try:
+        P.decode(line)
+        return False
+    except P.ProtocolError:
+        return True

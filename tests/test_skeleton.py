@@ -170,3 +170,23 @@ def test_pillow_and_torch_drawers_agree(body, posed):
     vis[[OPENPOSE_BODY[8], OPENPOSE_BODY[9]]] = True
     cfg = SkeletonConfig(hands=False)
     assert torch.equal(draw_skeleton(far, vis, 64, 48, cfg), draw_skeleton(far, vis, 64, 48, cfg, method="torch"))
+
+
+def test_dreamwaltz_g_rule_keeps_body_joints_and_hides_face_and_hands(body, posed):
+    """The original's occlusion rule: body joints are never hidden by the body itself; face
+    points go behind more than 2 cm of surface, hand points behind more than 20 cm."""
+    config = SkeletonConfig(body=True, hands=True, face=False, occlusion_rule="gap")
+    renderer, kp, uv, vis = visibility(body, posed, orbit_camera(90.0), config)
+    names = dict(zip(OPENPOSE_BODY_NAMES, OPENPOSE_BODY))
+    for name in ("r_shoulder", "r_elbow", "r_wrist", "r_hip", "r_knee", "r_ankle", "l_elbow", "neck"):
+        assert bool(vis[names[name]]), name
+    assert not bool(vis[names["r_ear"]]) and bool(vis[names["l_ear"]])
+    assert not any(bool(vis[k]) for k in OPENPOSE_RIGHT_HAND[1:]), "the far hand is behind the torso"
+    assert sum(bool(vis[k]) for k in OPENPOSE_LEFT_HAND) >= 15
+    # the far wrist is drawn as the body's wrist, not as the far hand's (hidden) wrist point
+    hand_vis = renderer._hand_wrists(kp, vis, orbit_camera(90.0), posed[0])
+    assert not bool(hand_vis[OPENPOSE_RIGHT_HAND[0]]) and bool(hand_vis[OPENPOSE_LEFT_HAND[0]])
+    _, _, _, back = visibility(body, posed, orbit_camera(180.0), SkeletonConfig(face=True, occlusion_rule="gap"))
+    assert not any(bool(back[k]) for k in (NOSE, R_EYE, L_EYE) + FACE_LANDMARKS)
+    with pytest.raises(ValueError, match="occlusion_rule"):
+        SkeletonConfig(occlusion_rule="raycast")

@@ -112,15 +112,20 @@ def test_config_accepts_what_json_round_trips():
 
 
 def test_schedule_stages_and_time_budget_shortening():
-    s = Schedule.create(100, 0.05, 0.5)
+    s = Schedule.create(TrainConfig(prompt="x", steps=100, template_fraction=0.05).stages())
+    assert s.names == ["template", "canonical", "posed"] and s.lengths == [5, 48, 47]
     assert [s.stage_at(i) for i in (0, 4, 5, 52, 53, 99)] == \
         ["template", "template", "canonical", "canonical", "posed", "posed"]
     assert s.sds_progress(5) == 0.0 and s.sds_progress(99) == 1.0
-    s.shorten(45, current_step=25)
-    assert s.planned_total == 45 and s.stage_at(24) == "canonical" and s.stage_at(44) == "posed"
+    s.shorten(45, current_step=25)  # the rest of the canonical stage and the posed stage shrink alike
+    assert s.planned_total == 45 and s.lengths == [5, 27, 13]
+    assert s.stage_at(24) == "canonical" and s.stage_at(31) == "canonical" and s.stage_at(44) == "posed"
     s.shorten(80, current_step=30)  # never lengthens
     assert s.planned_total == 45
-    assert Schedule.create(10, 0.0, 1.0).stage_at(0) == "canonical"
+    s.shorten(20, current_step=40)  # never ends before the current step, nor changes what is done
+    assert s.planned_total == 40 and s.lengths[:2] == [5, 27]
+    assert Schedule.create(TrainConfig(prompt="x", steps=10, canonical_fraction=1.0).stages()).stage_at(0) \
+        == "canonical"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,8 +477,10 @@ def test_resume_checks_the_settings(tiny_dir, tmp_path, models):
         run_training(config, tmp_path / "r", models=models)
 
 
-def test_time_budget_stops_the_run_and_saves_the_avatar(tiny_dir, tmp_path, models):
-    config = tiny_config(tiny_dir, steps=10_000, time_budget=6.0)
+@pytest.mark.parametrize("recipe", ["fast", "dreamwaltz-g"])
+def test_time_budget_stops_the_run_and_saves_the_avatar(recipe, tiny_dir, tmp_path, models):
+    extra = {"recipe": "dreamwaltz-g", "init": "template"} if recipe == "dreamwaltz-g" else {}
+    config = tiny_config(tiny_dir, steps=10_000, time_budget=6.0, **extra)
     t0 = time.perf_counter()
     folder = run_training(config, tmp_path / "budget", models=models)
     assert 5.0 < time.perf_counter() - t0 < 30

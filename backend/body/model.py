@@ -32,6 +32,9 @@ ENV_VAR = "DREAMWALTZ_SMPLX"
 TEMPLATE_MARKER = "template_kind"  # the key only the open template's generator writes
 
 
+SMPLX_BETAS, SMPLX_EXPRESSIONS = 300, 100   # at most (SMPL-X 2020); smplx keeps what a file has
+
+
 class BodyModelError(ValueError):
     """A body-model file that cannot be used; the message names the file and the problem."""
 
@@ -356,7 +359,7 @@ def _smplx_from_arrays(smplx: Any, arrays: dict[str, np.ndarray], path: Path) ->
         body_models.np = _NumpyHandingArrays(real, arrays, handed)
         try:
             model = smplx.SMPLX(str(placeholder), ext="npz", use_pca=False, flat_hand_mean=True,
-                                num_betas=300, num_expression_coeffs=100)
+                                num_betas=SMPLX_BETAS, num_expression_coeffs=SMPLX_EXPRESSIONS)
         finally:
             body_models.np = real
     if not handed:

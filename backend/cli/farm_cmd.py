@@ -38,7 +38,8 @@ def _render_job(args: argparse.Namespace):
 def _train_job(args: argparse.Namespace):
     from ..farm.units import train_job
 
-    return train_job(args.prompts, args.runs, args.train_args, python=args.python)
+    return train_job(args.prompts, args.runs, args.train_args, python=args.python,
+                     ranks=getattr(args, "gpus_per_task", 1) or 1)   # several GPUs: one avatar, view-parallel
 
 
 def _slurm_options(args: argparse.Namespace):
@@ -148,7 +149,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _add_slurm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job-dir", default=None, help="where the script, logs and task records go")
     p.add_argument("--max-parallel", type=int, default=None, metavar="N", help="at most N tasks at once")
-    p.add_argument("--gpus-per-task", type=int, default=1, metavar="N", help="GPUs per task (--gres=gpu:N; 0: none)")
+    p.add_argument("--gpus-per-task", type=int, default=1, metavar="N",
+                   help="GPUs per task (--gres=gpu:N; 0: none); train: N > 1 trains each avatar on its N GPUs, "
+                        "view-parallel (torchrun, --views a multiple of N)")
     p.add_argument("--cpus-per-task", type=int, default=None, metavar="N")
     p.add_argument("--mem", default=None, help="memory per task, e.g. 32G")
     p.add_argument("--time", default=None, metavar="T", help="time limit per task (Slurm's format: 90, 4:00:00, "

@@ -2,6 +2,10 @@
 
     python -m backend train --prompt "a chef dressed in white" --out runs/chef
     python -m backend train --out runs/chef --resume          # after Ctrl-C, a crash or a reboot
+    python -m backend train --recipe dreamwaltz-g --prompt "a chef dressed in white" --out runs/chef-dwg
+
+--recipe fast (the default) is ours; --recipe dreamwaltz-g is the published recipe (a NeRF
+stage, then three 3DGS stages, one view per iteration; see docs/training.md).
 
 Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and exits with status 130; --resume continues
 exactly where the run stopped. The finished avatar is `<out>/avatar` (its path is printed on
@@ -14,17 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..protocol import TRAIN_RECIPES
 from .common import CommandError, Progress, add_body_model, add_device, parse_betas, run
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from ..train import TrainConfig, load_run_config, parse_duration
+    from ..train import TrainConfig, parse_duration
+    from ..train.trainer import resume_config
 
     out = Path(args.out)
     overrides: dict[str, Any] = {}
@@ -33,7 +40,7 @@ def _config(args: argparse.Namespace) -> Any:
             overrides.update(json.loads(Path(args.config).read_text()))
         except (OSError, json.JSONDecodeError) as exc:
             raise CommandError(f"cannot read --config {args.config}: {exc}") from exc
-    flat = {"prompt": args.prompt, "seed": args.seed, "preset": args.preset, "steps": args.steps,
+    flat = {"prompt": args.prompt, "seed": args.seed, "recipe": args.recipe, "preset": args.preset, "steps": args.steps,
             "views": args.views, "resolution": args.resolution, "num_gaussians": args.num_gaussians,
             "appearance": args.appearance, "body_model": args.body_model, "betas": parse_betas(args.betas),
             "sd_model": args.sd_model, "controlnet": args.controlnet, "device": args.device, "dtype": args.dtype,
@@ -59,12 +66,8 @@ def _config(args: argparse.Namespace) -> Any:
     if args.pose_library is not None:
         poses["library"] = None if args.pose_library == "none" else args.pose_library
     if args.resume and (out / "config.json").exists():
-        data = load_run_config(out).to_dict()
-        for key, value in overrides.items():
-            data[key] = value
-        data["sds"] = dict(data["sds"], **sds)
-        data["poses"] = dict(data["poses"], **poses)
-        return TrainConfig.from_dict(data)
+        return resume_config(out, dict(overrides, sds=dict(overrides.get("sds") or {}, **sds),
+                                       poses=dict(overrides.get("poses") or {}, **poses)))
     if not args.prompt and "prompt" not in overrides:
         raise CommandError("--prompt is needed (or --resume with an --out folder that holds a run)")
     if sds:
@@ -107,9 +110,11 @@ class _Cancel:
 def _main(args: argparse.Namespace) -> int:
     from ..guidance import GuidanceModelError
     from ..train import CheckpointError, TrainingCancelled, TrainingError, run_training
+    from ..train.distributed import join, world_size
 
+    rank = f"rank {os.environ.get('RANK', '0')} " if world_size() > 1 else ""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(name)s: %(message)s")
+                        format=f"%(asctime)s {rank}%(name)s: %(message)s")
     try:
         config = _config(args)
     except (ValueError, TypeError) as exc:
@@ -117,25 +122,32 @@ def _main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     state: dict[str, Any] = {"bar": None, "stage": None}
 
-    def progress(stage: str, step: int, total: int, loss: float | None = None, preview: str | None = None) -> None:
+    def progress(stage: str, step: int, total: int, loss: float | None = None, preview: str | None = None,
+                 recipe: str = "", stage_index: int = 0, stages: list[str] | None = None, **extra: Any) -> None:
         bar = state["bar"]
         if bar is None or bar.total != total:
             bar = state["bar"] = Progress(total, "train")
         if stage != state["stage"]:
             state["stage"] = stage
-        bar.label = f"{stage:<9}" + (f" loss {loss:9.4g}" if loss is not None else "")
+        where = f"{recipe} {stage} {stage_index + 1}/{len(stages or [stage])}".strip()
+        bar.label = f"{where:<28}" + (f" loss {loss:9.4g}" if loss is not None else "")
         if step > 0:
             bar.update(step)
 
     t0 = time.perf_counter()
     with _Cancel() as cancel:
         try:
-            folder = run_training(config, out, progress_cb=progress, should_cancel=cancel, resume=args.resume)
+            with join(config.views, config.device) as parallel:   # torchrun: this rank's part of the run
+                folder = run_training(config, out, progress_cb=progress if parallel.is_main else None,
+                                      should_cancel=cancel, resume=args.resume, parallel=parallel)
         except TrainingCancelled as exc:
-            print(f"\n{exc}\ncontinue with: python -m backend train --out {out} --resume", file=sys.stderr)
+            if world_size() == 1 or os.environ.get("RANK", "0") == "0":
+                print(f"\n{exc}\ncontinue with: python -m backend train --out {out} --resume", file=sys.stderr)
             return 130
         except (GuidanceModelError, TrainingError, CheckpointError) as exc:
             raise CommandError(str(exc)) from exc
+    if not parallel.is_main:
+        return 0
     print(f"avatar written to {folder} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print(folder)
     return 0
@@ -155,7 +167,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--allow-download", action="store_true", help="let diffusers fetch missing weights")
     parser.add_argument("--expression", action="store_true",
                         help="expression control: mesh-bound face, random expressions, face landmarks")
-    parser.add_argument("--preset", choices=("draft", "default", "high"), default=None)
+    parser.add_argument("--recipe", choices=TRAIN_RECIPES, default=None,
+                        help="fast (ours, the default) or dreamwaltz-g (the published recipe, number by number)")
+    parser.add_argument("--preset", choices=("draft", "default", "high"), default=None,
+                        help="the fast recipe's length and Gaussian count")
     parser.add_argument("--steps", type=int, default=None, help="iterations (each renders --views images)")
     parser.add_argument("--time-budget", default=None, metavar="T", help="bound the run: 600, 90s, 10m, 1h30m")
     parser.add_argument("--seed", type=int, default=None)

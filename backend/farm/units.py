@@ -97,13 +97,16 @@ class TrainJob:
     python: str = sys.executable
     train_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    ranks: int = 1       # > 1: each avatar trained view-parallel by this many ranks (torchrun, one GPU each)
 
     def out(self, run: TrainRun) -> str:
         return str(Path(self.runs_dir) / run.name)
 
     def command(self, run: TrainRun) -> list[str]:
-        return [self.python, "-m", "backend", "train", "--prompt", run.prompt, "--out", self.out(run),
-                "--resume"] + self.train_args
+        launch = [self.python, "-m", "backend"] if self.ranks <= 1 else \
+            [self.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.ranks}",
+             "-m", "backend"]
+        return launch + ["train", "--prompt", run.prompt, "--out", self.out(run), "--resume"] + self.train_args
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -126,7 +129,7 @@ def run_name(index: int, prompt: str) -> str:
 
 
 def train_job(prompts_file: str | os.PathLike, runs_dir: str | os.PathLike, train_args: list[str],
-              python: str | None = None) -> TrainJob:
+              python: str | None = None, ranks: int = 1) -> TrainJob:
     for arg in train_args:
         if arg.split("=", 1)[0] in MANAGED_TRAIN_OPTIONS:
             raise FarmError(f"{arg.split('=', 1)[0]} is set by the farm for each task (the prompts file gives "
@@ -135,7 +138,7 @@ def train_job(prompts_file: str | os.PathLike, runs_dir: str | os.PathLike, trai
     runs = [TrainRun(i, p, run_name(i, p)) for i, p in enumerate(prompts)]
     env = {"PYTHONPATH": str(BACKEND_ROOT)}
     return TrainJob(str(Path(runs_dir).expanduser().absolute()), runs, _exe_path(python or sys.executable),
-                    list(train_args), env)
+                    list(train_args), env, max(1, ranks))
 
 
 def _exe_path(exe: str) -> str:

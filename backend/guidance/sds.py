@@ -7,8 +7,11 @@ ControlNet for the noise in z_t = sqrt(a_t) z + sqrt(1 - a_t) eps under classifi
     eps_hat = eps_uncond + s (eps_cond - eps_uncond),   grad = w(t) (eps_hat - eps)
 
 The gradient is injected with the usual trick, loss = 0.5 ||z - sg(z - grad)||^2 / B, whose
-derivative with respect to z is exactly `grad`; it flows back through the encoder to the pixels
-and on to the Gaussians. The "unconditional" branch uses the negative prompt's embedding.
+derivative with respect to z is exactly `grad` / B (`reduction="mean"`, ours) or `grad` itself
+(`reduction="sum"`, DreamWaltz-G's direct injection); it flows back through the encoder to the
+pixels and on to the Gaussians (or the NeRF). The "unconditional" branch uses the negative
+prompt's embedding. z is the VAE posterior's mean (`latent="mean"`, ours) or a sample of it
+(`latent="sample"`, DreamWaltz-G), the sample's noise drawn with the step's generator.
 """
 
 from __future__ import annotations
@@ -25,16 +28,31 @@ from .models import GuidanceModels
 from .speed import VAE_ATTENTION, NoisePredictor, attention_kernels
 
 VIEWS = ("front", "side", "back", "overhead")
+DWG_VIEWS = ("front", "left side", "back", "right side")
 KINDS = ("body", "face", "hands")
+LABEL_SCHEMES = ("ours", "dreamwaltz-g")
 
 DEFAULT_NEGATIVE = ("blurry, low quality, low resolution, deformed, bad anatomy, extra limbs, "
                     "missing limbs, cropped, shadow, watermark, text")
+
+# DreamWaltz-G's GuideConfig.negative_text, word for word (repetitions included)
+DWG_NEGATIVE = (
+    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
+    "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry, "
+    "bad hands, missing fingers, error, cropped, normal quality, fewer digit, owres, extra digit, worst quality, "
+    "jpeg artifacts, lowres, bad feet, disfigured, missing arms, long neck, ugly, bad proportions, multiple "
+    "breasts, fused fingers, extra legs, poorly drawn hands, cloned face, malformed hands, mutated hands and "
+    "fingers, missing limb, malformed mutated, unclear eyes, fused hand, disappearing thigh, disappearing calf, "
+    "bad body, on hand with less than 5 fingers, crown, stacked torses, stacked hands, totem pole")
 
 DEFAULT_TEMPLATES = {
     "body": "{prompt}, full body, {view} view",
     "face": "a close-up of the face of {prompt}, {view} view",
     "hands": "a close-up of the hands of {prompt}",
 }
+# DreamWaltz-G's view-augmented text ("dreamwaltz-g" mode); its body-part prompts are unused
+DWG_TEMPLATES = {"body": "{view} view of {prompt}", "face": "{view} view of {prompt}",
+                 "hands": "{view} view of {prompt}"}
 
 
 @dataclasses.dataclass
@@ -48,6 +66,8 @@ class SDSConfig:
     t_schedule: str = "linear"                     # "constant" | "linear" | "sqrt"
     weighting: str = "sds"                         # "sds" (1 - a_t) | "uniform" | "alpha_sigma" (sqrt(a_t) (1 - a_t))
     grad_clip: float | None = None                 # clip |grad| elementwise (latent space)
+    reduction: str = "mean"                        # "mean": loss / B (ours) | "sum": grad injected as is
+    latent: str = "mean"                           # "mean" | "sample" of the VAE posterior
     encoder: str = "vae"                           # "vae" | "tiny" (TAESD-style encoder, if loaded)
     templates: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
 
@@ -63,11 +83,30 @@ class SDSConfig:
             raise ValueError(f"weighting must be sds, uniform or alpha_sigma; got {self.weighting!r}")
         if self.guidance_scale < 0:
             raise ValueError("guidance_scale must be >= 0")
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"sds.reduction must be mean or sum; got {self.reduction!r}")
+        if self.latent not in ("mean", "sample"):
+            raise ValueError(f"sds.latent must be mean or sample; got {self.latent!r}")
+        if self.latent == "sample" and self.encoder == "tiny":
+            raise ValueError('sds.latent = "sample" needs the SD VAE (sds.encoder = "vae"): the tiny encoder '
+                             "has no posterior to sample")
 
 
-def view_label(azimuth_deg: float, elevation_deg: float) -> str:
-    """front / side / back / overhead from the camera's azimuth (0 = in front of the body, the
-    direction it faces) and elevation (positive = above)."""
+def view_label(azimuth_deg: float, elevation_deg: float, scheme: str = "ours") -> str:
+    """The view word of a camera from its azimuth (0 = in front of the body, the direction it
+    faces; +90 = on the body's left) and elevation (positive = above).
+
+    "ours": front / side / back (90-degree sectors around front and back) / overhead (above 60
+    degrees). "dreamwaltz-g": front / left side / back / right side in 90-degree sectors
+    centred on 0, 90, 180, 270 (the original's angle_front = 90) and overhead above 60 degrees
+    of elevation (its angle_overhead; its cameras never go that high)."""
+    if scheme == "dreamwaltz-g":
+        if elevation_deg > 60.0:
+            return "overhead"
+        a = azimuth_deg % 360.0
+        return DWG_VIEWS[int(((a + 45.0) % 360.0) // 90.0)]
+    if scheme != "ours":
+        raise ValueError(f"view label scheme must be one of {', '.join(LABEL_SCHEMES)}; got {scheme!r}")
     if elevation_deg > 60.0:
         return "overhead"
     a = abs((azimuth_deg + 180.0) % 360.0 - 180.0)
@@ -101,7 +140,8 @@ class SDSGuidance:
     def prompt_text(self, kind: str, view: str) -> str:
         template = self.config.templates.get(kind, "{prompt}")
         if not self.config.view_prompts:
-            template = template.replace(", {view} view", "").replace("{view} view", "")
+            for words in ("{view} view of ", ", {view} view", "{view} view"):
+                template = template.replace(words, "")
         return template.format(prompt=self.prompt, view=view)
 
     @torch.no_grad()
@@ -144,8 +184,9 @@ class SDSGuidance:
         return torch.ones_like(a)
 
     # ---- encoding ------------------------------------------------------------------------------
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) in [0,1] -> scaled latents (B,4,h,w), differentiable."""
+    def encode(self, images: torch.Tensor, posterior_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] -> scaled latents (B,4,h,w), differentiable: the posterior's mean,
+        or with `posterior_noise` (standard normal, the latents' shape) a sample of it."""
         m = self.models
         size = m.image_size
         x = images
@@ -164,7 +205,10 @@ class SDSGuidance:
             h = vae.encoder(x)
         if getattr(vae, "quant_conv", None) is not None:
             h = vae.quant_conv(h)
-        mean = h[:, : h.shape[1] // 2]  # the posterior's mean (log-variance discarded)
+        mean, logvar = h.chunk(2, dim=1)
+        if posterior_noise is not None:  # diffusers' DiagonalGaussianDistribution.sample, noise given
+            std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
+            return (mean.float() + std * posterior_noise) * float(vae.config.scaling_factor)
         return mean * float(vae.config.scaling_factor)
 
     @torch.no_grad()
@@ -199,6 +243,10 @@ class SDSGuidance:
         shape = (b, int(m.unet.config.in_channels), size // m.vae_scale, size // m.vae_scale)
         t = torch.randint(lo, hi + 1, (b,), generator=generator, device=generator.device).to(m.device)
         noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(m.device)
+        posterior = None
+        if self.config.latent == "sample":
+            posterior = torch.randn(shape, generator=generator, device=generator.device,
+                                    dtype=torch.float32).to(m.device)
         with torch.no_grad():
             cond = torch.stack([self.embedding(k, v) for k, v in prompts])
             ctrl = control
@@ -206,15 +254,16 @@ class SDSGuidance:
                 ctrl = F.interpolate(ctrl, size=(size, size), mode="nearest")
             a = m.alphas_cumprod[t].view(b, 1, 1, 1)
         return SDSInputs(t=t, noise=noise, cond=cond, control=ctrl.to(m.dtype), t_range=(lo, hi),
-                         signal=a.sqrt(), sigma=(1 - a).sqrt(), weight=self.weight(t).view(b, 1, 1, 1))
+                         signal=a.sqrt(), sigma=(1 - a).sqrt(), weight=self.weight(t).view(b, 1, 1, 1),
+                         posterior_noise=posterior, batch=b)
 
     def loss(self, images: torch.Tensor, inputs: "SDSInputs",
              timer: Callable[[str], Any] = _null_timer) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The SDS loss of rendered images (B,3,H,W) in [0,1] (requiring grad) for prepared inputs."""
+        """The SDS loss of rendered images (B,3,H,W) in [0,1] (requiring grad) for prepared inputs
+        (or for a share of their views, `SDSInputs.views`: the share's part of the batch's loss)."""
         m = self.models
-        b = images.shape[0]
         with timer("encode"):
-            latents = self.encode(images)
+            latents = self.encode(images, inputs.posterior_noise)
         with timer("unet"):
             with torch.no_grad():
                 noisy = (inputs.signal * latents.detach().float() + inputs.sigma * inputs.noise).to(m.dtype)
@@ -224,7 +273,9 @@ class SDSGuidance:
                 if self.config.grad_clip:
                     grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
         target = (latents.float() - grad).detach()
-        loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum") / b
+        loss = 0.5 * F.mse_loss(latents.float(), target, reduction="sum")
+        if self.config.reduction == "mean":
+            loss = loss / (inputs.batch or images.shape[0])
         return loss, {"t": inputs.t, "t_range": inputs.t_range, "grad": grad}
 
     def __call__(self, images: torch.Tensor, control: torch.Tensor, prompts: list[tuple[str, str]],
@@ -247,3 +298,14 @@ class SDSInputs:
     signal: torch.Tensor   # sqrt(alpha_bar_t), (B,1,1,1)
     sigma: torch.Tensor    # sqrt(1 - alpha_bar_t)
     weight: torch.Tensor   # w(t)
+    posterior_noise: torch.Tensor | None = None   # latent = "sample": the posterior sample's noise
+    batch: int = 0         # the views of the whole batch (the mean's divisor, also for a share of them)
+
+    def views(self, share: slice) -> "SDSInputs":
+        """These inputs for the views `share` of the batch (view-parallel training: each rank
+        draws the whole batch's noise, as one process would, and scores its share)."""
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[share]
+        return dataclasses.replace(self, t=cut(self.t), noise=cut(self.noise), cond=cut(self.cond),
+                                   control=cut(self.control), signal=cut(self.signal), sigma=cut(self.sigma),
+                                   weight=cut(self.weight), posterior_noise=cut(self.posterior_noise))

@@ -63,6 +63,10 @@ def accelerate(models: GuidanceModels, channels_last: bool = False, compile: boo
         # static shapes for a whole run: cuDNN times its convolution algorithms once (as
         # bench/train.py measured it)
         torch.backends.cudnn.benchmark = True
+        if models.dtype == torch.float32:
+            # fp32 models (the dreamwaltz-g recipe's default) multiply matrices on tensor cores in
+            # TF32, as cuDNN's convolutions already do by default (and as bench/train.py measures)
+            torch.backends.cuda.matmul.allow_tf32 = True
         # the VAE's math attention (VAE_ATTENTION) on tensor cores, in half precision like the
         # fused kernels, rather than upcast to fp32
         torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)

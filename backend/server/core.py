@@ -84,6 +84,9 @@ def _matrix(value: Any, shape: tuple, what: str) -> np.ndarray:
     arr = arr.reshape(shape)
     if not np.isfinite(arr).all():
         raise P.ProtocolError(P.BAD_REQUEST, f"{what} contains NaN or infinite values")
+    if arr.size and np.abs(arr).max() > P.MAX_MAGNITUDE:
+        raise P.ProtocolError(P.BAD_REQUEST, f"{what} holds {np.abs(arr).max():.4g}; its numbers must lie within "
+                              f"±{P.MAX_MAGNITUDE:g}")
     return arr
 
 

@@ -14,6 +14,9 @@ from .core import Services, _matrix
 from .pack import write_plane, write_rgba
 from .shm import ShmPool
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Largest depth_empty the float32 depth plane can hold."""
+
 
 def parse_camera(camera: dict, width: int, height: int) -> Any:
     from ..render import Camera
@@ -147,8 +150,9 @@ def render_frame(services: Services, pool: ShmPool, msg: dict) -> dict:
     if color not in P.COLORS:
         raise P.ProtocolError(P.BAD_REQUEST, f"color must be one of {list(P.COLORS)}; got {color[:20]!r}")
     depth_empty = float(msg.get("depth_empty", 0.0) or 0.0)
-    if not math.isfinite(depth_empty):
-        raise P.ProtocolError(P.BAD_REQUEST, "depth_empty must be finite")
+    if not math.isfinite(depth_empty) or abs(depth_empty) > FLOAT32_MAX:
+        raise P.ProtocolError(P.BAD_REQUEST, f"depth_empty must be a finite float32 (at most {FLOAT32_MAX:.4g} "
+                              f"in size); got {depth_empty!r}")
     camera = parse_camera(msg["camera"], width, height)
 
     gaussians, count = gather_gaussians(services, msg)

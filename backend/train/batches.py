@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -31,9 +31,11 @@ import torch
 from ..body import BodyModel
 from .cameras import CameraSampler, View
 from ..render.core import upload
-from .config import TrainConfig
 from .poses import PoseSampler, to_torch
 from .skeleton import SkeletonRenderer
+
+if TYPE_CHECKING:  # the config imports the NeRF package, which uses this module
+    from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,13 @@ class Batch:
     def pinned(self) -> "Batch":
         """In page-locked host memory, so that `to(cuda)` is a plain asynchronous copy."""
         return self._map(lambda t: t.pin_memory())
+
+    def share(self, views: slice) -> "Batch":
+        """The batch of the views `views` (one rank's share in view-parallel training)."""
+        if views == slice(0, len(self.views)):
+            return self
+        return dataclasses.replace(self, views=self.views[views], backgrounds=self.backgrounds[views],
+                                   controls=None if self.controls is None else self.controls[views])
 
     def control_images(self) -> torch.Tensor | None:
         """(V, 3, H, W) float skeleton images in [0, 1]."""
@@ -125,22 +134,36 @@ class BatchMaker:
         self.betas = betas.detach().to(body.device)
         self.fixed_views = fixed_views
         self.skeleton = SkeletonRenderer(body, config.skeleton)
-        self.cameras = CameraSampler(config.cameras, config.resolution, config.resolution)
-        self.poses = PoseSampler(config.poses, body.num_expression, config.expression)
+        self.stages = {s.name: s for s in config.stages()}
+        self._cameras: dict[int, CameraSampler] = {}
+        hands = {side: body.hand_pca(side) for side in ("left", "right")}
+        self.poses = PoseSampler(config.poses, body.num_expression, config.expression, hand_basis=hands)
+        if config.poses.vposer:
+            self.poses.vposer()  # a missing or wrong file fails now, naming it, not in a worker later
+
+    def cameras(self, resolution: int) -> CameraSampler:
+        if resolution not in self._cameras:
+            self._cameras[resolution] = CameraSampler(self.config.cameras, resolution, resolution)
+        return self._cameras[resolution]
 
     @classmethod
     def on_cpu(cls, config: TrainConfig, betas: np.ndarray) -> "BatchMaker":
         return cls(config, BodyModel.load(config.body_model, "cpu"), torch.as_tensor(betas, dtype=torch.float32))
 
     def make(self, step: int, stage: str, controls: bool = True) -> Batch:
+        """The batch of iteration `step` in the stage named `stage` (its pose mode and size)."""
+        if stage not in self.stages:
+            raise ValueError(f"unknown stage {stage!r}; the stages of this recipe are {', '.join(self.stages)}")
+        spec = self.stages[stage]
         rng = step_rng(self.config.seed, step)
-        params = self.poses.sample(rng, "random" if stage == "posed" else "canonical")
+        params = self.poses.sample(rng, spec.poses)
         posed = pose_body(self.body, self.betas, params)
         keypoints = self.skeleton.keypoints(posed["vertices"], posed["joints"])
         if self.fixed_views is not None:
             views = list(self.fixed_views)
         else:
-            views = [self.cameras.sample(rng, posed["vertices"], posed["joints"], posed["transforms"], keypoints)
+            cameras = self.cameras(spec.resolution)
+            views = [cameras.sample(rng, posed["vertices"], posed["joints"], posed["transforms"], keypoints)
                      for _ in range(self.config.views)]
         backgrounds = np.stack([background_color(self.config.background, rng) for _ in views])
         images = None

@@ -1,9 +1,18 @@
-"""Training cameras: full-body views around the avatar plus face and hand close-ups.
+"""Training cameras: views around the avatar plus face and hand close-ups.
 
-Every camera looks at a target on the posed body (the body's centre, the face, or one hand)
-from an azimuth measured from the direction the body (or head) faces, so 0 deg is a front
-view and 180 deg a back view; the distance frames the target's extent at the sampled field
-of view. All randomness comes from the numpy Generator passed in (saved with checkpoints).
+Every camera looks at a target on the posed body from an azimuth measured from the direction
+the body (or head) faces, so 0 deg is a front view, +90 deg a view of the body's left side and
+180 deg a back view. Two modes:
+
+* "framing" (ours): full-body views whose distance frames the whole posed body at the sampled
+  field of view, face close-ups and hand close-ups framed the same way;
+* "orbit" (DreamWaltz-G's RandomCamera4Avatar): body views at 1-2 m, polar angle 60-120 deg,
+  any azimuth, field of view 40-70 deg, looking at a point above the pelvis at a height drawn
+  uniformly between the ankles and the shoulders, so that many views are partial-body close-ups;
+  face views within +-90 deg of the front, +-15 deg of elevation, 0.5-1 m from the midpoint of
+  the ears.
+
+All randomness comes from the numpy Generator passed in (a pure function of seed and step).
 """
 
 from __future__ import annotations
@@ -14,10 +23,15 @@ import math
 import numpy as np
 import torch
 
-from ..guidance.sds import view_label
+from ..guidance.sds import LABEL_SCHEMES, view_label
+from ..body.joints import JOINT_INDEX
 from ..render import Camera
 
 HEAD, LEFT_WRIST, RIGHT_WRIST, PELVIS = 15, 20, 21, 0
+LEFT_ANKLE, RIGHT_ANKLE, LEFT_SHOULDER, RIGHT_SHOULDER = (JOINT_INDEX[n] for n in (
+    "left_ankle", "right_ankle", "left_shoulder", "right_shoulder"))
+RIGHT_EAR_KP, LEFT_EAR_KP = 58, 59   # in the body's 127 keypoints (see skeleton.py)
+CAMERA_MODES = ("framing", "orbit")
 
 
 @dataclasses.dataclass
@@ -36,21 +50,39 @@ class CameraConfig:
     hand_margin: tuple[float, float] = (1.3, 2.2)
     target_jitter: float = 0.04     # fraction of the framed extent
     close_ups: bool = True
+    mode: str = "framing"           # "framing" | "orbit" (see the module docstring)
+    labels: str = "ours"            # view words: "ours" | "dreamwaltz-g" (guidance.sds.view_label)
+    radius_m: tuple[float, float] = (1.0, 2.0)          # orbit: body views' distance to the look-at point
+    face_elevation_deg: tuple[float, float] = (-15.0, 15.0)   # orbit: face views
+    face_radius_m: tuple[float, float] = (0.5, 1.0)           # orbit: face views' distance to the ears' midpoint
 
     def __post_init__(self) -> None:
-        for name in ("fov_deg", "margin", "elevation_deg", "overhead_elevation_deg", "face_margin", "hand_margin"):
+        for name in ("fov_deg", "margin", "elevation_deg", "overhead_elevation_deg", "face_margin", "hand_margin",
+                     "radius_m", "face_elevation_deg", "face_radius_m"):
             setattr(self, name, tuple(float(v) for v in getattr(self, name)))
         if not (0 <= self.p_face + self.p_hands <= 1):
             raise ValueError("p_face + p_hands must lie in [0, 1]")
+        if self.mode not in CAMERA_MODES:
+            raise ValueError(f"cameras.mode must be one of {', '.join(CAMERA_MODES)}; got {self.mode!r}")
+        if self.labels not in LABEL_SCHEMES:
+            raise ValueError(f"cameras.labels must be one of {', '.join(LABEL_SCHEMES)}; got {self.labels!r}")
 
 
 @dataclasses.dataclass
 class View:
     camera: Camera
     kind: str          # body | face | hands
-    view: str          # front | side | back | overhead
+    view: str          # the view word: front | side | back | overhead (or left side / right side)
     azimuth: float     # degrees from the facing direction
     elevation: float   # degrees
+    distance: float = 0.0   # metres from the camera to the point it looks at
+
+    @property
+    def spatial_scale(self) -> float:
+        """distance x tan(fov_y / 2): half the height the view frames at its target (DreamWaltz-G's
+        `spatial_scale`, which scales its position and scale learning rates)."""
+        fy = float(np.asarray(self.camera.K, dtype=np.float64)[1, 1])
+        return self.distance * 0.5 * float(self.camera.height) / fy
 
 
 def _facing(transform: np.ndarray) -> float:
@@ -93,6 +125,8 @@ class CameraSampler:
         fov = self._uniform(rng, c.fov_deg)
         tr = transforms.detach().cpu().double().numpy()
         j = joints.detach().cpu().double().numpy()
+        if c.mode == "orbit":
+            return self._orbit(rng, kind, fov, tr, j, keypoints)
         if kind == "body":
             v = vertices.detach().cpu().double().numpy()
             lo, hi = v.min(0), v.max(0)
@@ -130,10 +164,40 @@ class CameraSampler:
         eye = _eye(target, facing + math.radians(azimuth), math.radians(elevation), distance)
         camera = Camera.look_at(eye, target, (0.0, 1.0, 0.0), fov, self.width, self.height,
                                 near=0.01, far=100.0)
-        label = view_label(azimuth, elevation)
+        label = view_label(azimuth, elevation, c.labels)
         if kind == "hands" and label == "overhead":
             label = "front"
-        return View(camera=camera, kind=kind, view=label, azimuth=azimuth, elevation=elevation)
+        return View(camera=camera, kind=kind, view=label, azimuth=azimuth, elevation=elevation, distance=distance)
+
+    def _orbit(self, rng: np.random.Generator, kind: str, fov: float, tr: np.ndarray, j: np.ndarray,
+               keypoints: torch.Tensor | None) -> View:
+        """DreamWaltz-G's cameras: a distance in metres around a look-at point (see the module
+        docstring). Its azimuths are the world's, in which the body faces +Z; here they are
+        measured from the pelvis's facing direction, which is the same when the pose has no
+        global rotation (the training poses have none)."""
+        c = self.config
+        facing = _facing(tr[PELVIS])
+        if kind == "face":
+            if keypoints is None:
+                raise ValueError("orbit face views need the body's keypoints (the ears)")
+            kp = keypoints.detach().cpu().double().numpy()
+            target = 0.5 * (kp[RIGHT_EAR_KP] + kp[LEFT_EAR_KP])
+            azimuth = self._uniform(rng, (-c.face_azimuth_deg, c.face_azimuth_deg))
+            elevation = self._uniform(rng, c.face_elevation_deg)
+            distance = self._uniform(rng, c.face_radius_m)
+        elif kind == "body":
+            low = 0.5 * (j[LEFT_ANKLE, 1] + j[RIGHT_ANKLE, 1])
+            high = 0.5 * (j[LEFT_SHOULDER, 1] + j[RIGHT_SHOULDER, 1])
+            target = np.array([j[PELVIS, 0], float(rng.uniform(low, high)), j[PELVIS, 2]])
+            azimuth = self._uniform(rng, (0.0, 360.0))
+            elevation = self._uniform(rng, c.elevation_deg)
+            distance = self._uniform(rng, c.radius_m)
+        else:
+            raise ValueError(f"orbit cameras make body and face views, not {kind!r} (set cameras.p_hands = 0)")
+        eye = _eye(target, facing + math.radians(azimuth), math.radians(elevation), distance)
+        camera = Camera.look_at(eye, target, (0.0, 1.0, 0.0), fov, self.width, self.height, near=0.01, far=100.0)
+        return View(camera=camera, kind=kind, view=view_label(azimuth, elevation, c.labels),
+                    azimuth=azimuth, elevation=elevation, distance=distance)
 
 
 def front_camera(vertices: torch.Tensor, width: int, height: int, fov_deg: float = 40.0,

@@ -1,6 +1,7 @@
 """Training checkpoints: one file, written atomically, read with `torch.load(weights_only=True)`.
 
-A checkpoint holds everything the next step depends on: the step, the planned length, the
+A checkpoint holds everything the next step depends on: the step, the stage plan (names and
+planned lengths), the phase (NeRF or Gaussians) and the NeRF's state before the conversion, the
 Gaussian tensors and skinning data, the appearance field, Adam's moments, the densification
 accumulators, the random generators' states (numpy for cameras and poses, torch for noise,
 timesteps and splits), the training time spent and the loss history, with the config it was
@@ -18,7 +19,7 @@ import torch
 from ..files import write_torch_atomic
 
 FORMAT = "dreamwaltz-train-checkpoint"
-VERSION = 1
+VERSION = 2   # 2: the schedule as named stages, the NeRF phase (version 1 checkpoints still load)
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "last.pt"
 

@@ -1,17 +1,21 @@
-"""One training configuration: stages, sampling, guidance, appearance, densification, job settings.
+"""One training configuration: recipe, stages, sampling, guidance, appearance, densification, job settings.
 
-Stages (fractions of the run's iterations):
+`recipe` picks the stage plan and the defaults of every setting the user leaves out
+(recipes.py): "fast" (ours, the default) or "dreamwaltz-g" (the published recipe). The fast
+recipe's stages (fractions of the run's iterations):
 
 1. template   - Gaussians fitted to the body template: they are placed on the template's
                 surface analytically, then (with the hash-grid appearance, whose field starts
                 random) fitted photometrically to the template avatar under the training
                 cameras and poses; no diffusion;
-2. canonical  - SDS in the canonical (A-)pose and perturbations of it;
+2. canonical  - SDS in the canonical (A-)pose and canonical-R spreads of it;
 3. posed      - SDS in random plausible poses (joint-limit sampling + a motion library),
                 so that the avatar holds up under animation; with expression control also
                 random expressions and jaw poses.
 
-A preset fixes the run length and Gaussian count; any field can be overridden.
+A preset fixes the fast run's length and Gaussian count; any field can be overridden, and
+`stage_steps` sets any stage's length by name. A config's fields are concrete once built (the
+recipe's defaults filled in), so config.json says every number a run used.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from ..guidance.speed import ATTENTION
 from .appearance import HashGridConfig
 from .cameras import CameraConfig
 from .config_check import check_settings
+from .nerf.config import NeRFConfig
 from .poses import PoseConfig
+from .recipes import Stage, check_recipe, recipe_defaults, stage_plan
 from .skeleton import SkeletonConfig
 from .strategy import DensifyConfig
 
@@ -45,6 +51,9 @@ RUNTIME_FIELDS = ("sd_model", "controlnet", "tiny_encoder", "allow_download", "d
 class LearningRates:
     means: float = 2e-4            # free Gaussian centres (metres), decays to means * means_final
     means_final: float = 0.1
+    decay: str = "run"             # the centres' exponential decay runs over the "run" or restarts each "stage"
+    decay_length: float = 1.0      # ... and reaches means_final after this many times that length
+    camera_scale: bool = False     # centres' and log-scales' rates x distance x tan(fov / 2) of the view
     offsets: float = 1e-4          # mesh-bound offsets
     quats: float = 1e-3
     log_scales: float = 5e-3
@@ -53,31 +62,44 @@ class LearningRates:
     hashgrid: float = 1e-2
     mlp: float = 1e-3
 
+    def __post_init__(self) -> None:
+        if self.decay not in ("run", "stage"):
+            raise ValueError(f"lr.decay must be run or stage; got {self.decay!r}")
+        if self.decay_length <= 0:
+            raise ValueError(f"lr.decay_length must be > 0; got {self.decay_length}")
+
 
 @dataclasses.dataclass
 class TrainConfig:
     prompt: str = ""
     seed: int = 0
-    preset: str = "default"
-    steps: int | None = None              # iterations (each renders `views` images); None: preset
-    template_fraction: float | None = None   # None: 0.03 with the hash grid, 0 with colours
-    canonical_fraction: float = 0.5       # of the SDS iterations; the rest use random poses
-    views: int = 4
+    recipe: str = "fast"                  # fast | dreamwaltz-g (recipes.py): the stages and every default
+    preset: str = "default"               # the fast recipe's length and Gaussian count
+    steps: int | None = None              # iterations in all (each renders `views` images); None: preset / recipe
+    stage_steps: dict[str, int] | None = None   # iterations of named stages (the others: from steps)
+    stage_resolutions: dict[str, int] | None = None   # render size of named stages (the others: the recipe's)
+    template_fraction: float | None = None   # fast: None: 0.03 with the hash grid, 0 with colours
+    canonical_fraction: float = 0.5       # fast: of the SDS iterations; the rest use random poses
+    views: int | None = None              # views per iteration; None: the recipe's (fast 4, dreamwaltz-g 1)
     resolution: int = 512                 # render size; SDS resizes to the model's size if needed
     num_gaussians: int | None = None      # at initialisation; None: preset
     bound_fraction: float = 0.25          # share of mesh-bound Gaussians (hands, and face with expression)
-    expression: bool = False              # mesh-bound face + random expressions + face landmarks
+    expression: bool = False              # mesh-bound face + random expressions (+ face landmarks: fast)
     appearance: str = "colors"            # colors | hashgrid
-    background: str = "random"            # random | white | black | grey
+    background: str | None = None         # random | white | black | grey; None: the recipe's
+    init: str | None = None               # first Gaussians: "nerf" (after the NeRF stages) | "template"
+                                          # (on the template's surface); None: the recipe's
     body_model: str | None = None
     betas: list[float] | None = None
-    sds: SDSConfig = dataclasses.field(default_factory=SDSConfig)
-    cameras: CameraConfig = dataclasses.field(default_factory=CameraConfig)
-    poses: PoseConfig = dataclasses.field(default_factory=PoseConfig)
-    densify: DensifyConfig = dataclasses.field(default_factory=DensifyConfig)
-    skeleton: SkeletonConfig | None = None   # None: body + hands, face landmarks with expression
+    # nested settings: None or a dict of some of them: the recipe's defaults (updated by the dict)
+    sds: SDSConfig | None = None
+    cameras: CameraConfig | None = None
+    poses: PoseConfig | None = None
+    densify: DensifyConfig | None = None
+    skeleton: SkeletonConfig | None = None   # fast: body + hands, face landmarks with expression
     hashgrid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
-    lr: LearningRates = dataclasses.field(default_factory=LearningRates)
+    nerf: NeRFConfig = dataclasses.field(default_factory=NeRFConfig)
+    lr: LearningRates | None = None
     # runtime
     sd_model: str | None = None
     controlnet: str | None = None
@@ -100,10 +122,28 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        self.recipe = check_recipe(self.recipe)
+        defaults = recipe_defaults(self.recipe)
+        for name in ("views", "background", "init"):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name])
+        for name, cls in _NESTED.items():
+            value = getattr(self, name)
+            if name in defaults and (value is None or isinstance(value, dict)):
+                base = dict(defaults[name])
+                if name == "skeleton" and self.recipe == "fast":
+                    base.setdefault("face", self.expression)
+                setattr(self, name, _build(cls, dict(base, **(value or {}))))
+            elif isinstance(value, dict):
+                setattr(self, name, _build(cls, value))
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose {', '.join(PRESETS)}")
         if self.appearance not in ("colors", "hashgrid"):
             raise ValueError(f"appearance must be colors or hashgrid; got {self.appearance!r}")
+        if self.init not in ("nerf", "template"):
+            raise ValueError(f"init must be nerf or template; got {self.init!r}")
+        if self.init == "nerf" and self.recipe == "fast":
+            raise ValueError("init = nerf needs the NeRF stages of --recipe dreamwaltz-g")
         if self.background not in ("random", "white", "black", "grey"):
             raise ValueError(f"background must be random, white, black or grey; got {self.background!r}")
         if self.attention != "auto" and self.attention not in ATTENTION:
@@ -117,16 +157,32 @@ class TrainConfig:
         if self.template_fraction is not None and not 0 <= self.template_fraction <= 1 \
                 or not 0 <= self.canonical_fraction <= 1:
             raise ValueError("template_fraction and canonical_fraction must lie in [0, 1]")
-        for name, cls in _NESTED.items():
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, _build(cls, value))
-        if self.skeleton is None:
-            self.skeleton = SkeletonConfig(face=self.expression)
+        if self.stage_steps is not None:
+            self.stage_steps = dict(self.stage_steps)
+        if self.stage_resolutions is not None:
+            self.stage_resolutions = dict(self.stage_resolutions)
+        self.stages()  # checks stage_steps
+
+    @property
+    def base_steps(self) -> int:
+        """The fast recipe's length before stage_steps: --steps or the preset's."""
+        return int(self.steps if self.steps is not None else PRESETS[self.preset]["steps"])
+
+    def stages(self) -> list[Stage]:
+        """The recipe's stages with their planned lengths."""
+        return stage_plan(self)
 
     @property
     def total_steps(self) -> int:
-        return int(self.steps if self.steps is not None else PRESETS[self.preset]["steps"])
+        return sum(s.steps for s in self.stages())
+
+    @property
+    def diffusion_dtype(self) -> str:
+        """`dtype`, with "auto" resolved by recipe: the paper's 3DGS stages run the diffusion
+        models in fp32; ours in fp16 on CUDA ("auto" left for models.parse_dtype)."""
+        if self.dtype == "auto" and self.recipe == "dreamwaltz-g":
+            return "fp32"
+        return self.dtype
 
     @property
     def template_share(self) -> float:
@@ -152,7 +208,10 @@ class TrainConfig:
         return _build(cls, data)
 
     def same_run_as(self, other: "TrainConfig") -> list[str]:
-        """Names of the settings (not runtime ones) in which two configs differ."""
+        """Names of the settings (not runtime ones) in which two configs differ (the recipe
+        alone when that differs: every default follows from it)."""
+        if self.recipe != other.recipe:
+            return ["recipe"]
         a, b = self.to_dict(), other.to_dict()
         return sorted(k for k in a if k not in RUNTIME_FIELDS and json.dumps(a[k], sort_keys=True)
                       != json.dumps(b.get(k), sort_keys=True))
@@ -164,17 +223,11 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = _NESTED.get(name) if cls is TrainConfig else None
-        if sub is not None and isinstance(value, dict):
-            value = _build(sub, value)
-        kwargs[name] = value
-    return cls(**kwargs)
+    return cls(**data)  # TrainConfig builds its nested dicts itself, over the recipe's defaults
 
 
 _NESTED = {"sds": SDSConfig, "cameras": CameraConfig, "poses": PoseConfig, "densify": DensifyConfig,
-           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "lr": LearningRates}
+           "skeleton": SkeletonConfig, "hashgrid": HashGridConfig, "nerf": NeRFConfig, "lr": LearningRates}
 
 
 def parse_duration(text: str | float | int | None) -> float | None:

@@ -5,8 +5,10 @@ Params (JSON): "prompt" (str, required unless resuming), "out" (the run folder, 
 "sd_model", "controlnet", "time_budget" (seconds or "10m"), "seed", "views", "sds": {...}, ...).
 
 Progress: `job_progress` events with stage ("loading models" or "loading or downloading models",
-then "compiling models" where asked, with total 0; then template / canonical / posed), step, total, loss,
-ETA, and "preview": the path of `<out>/previews/latest.png` when it was rewritten. Cancel saves a
+then "compiling models" where asked, with total 0; then the recipe's stage names: template /
+canonical / posed for --recipe fast, nerf-64 ... random-pose for dreamwaltz-g), step, total,
+loss, ETA, recipe, stage_index, stages, and "preview": the path of `<out>/previews/latest.png`
+when it was rewritten. Cancel saves a
 checkpoint; the job then ends cancelled with result {"checkpoint", "step", "out", "resumable":
 true}, and the same params with "resume": true continue it. Done: {"avatar": <folder>, "out",
 "steps"}. The diffusion models stay loaded between jobs (keyed by weights, device, precision).
@@ -25,19 +27,16 @@ JOB_KEYS = ("prompt", "out", "resume")
 
 def config_from_params(params: dict[str, Any]) -> Any:
     from .config import TrainConfig, parse_duration
-    from .trainer import load_run_config
+    from .trainer import resume_config
 
     settings = {k: v for k, v in params.items() if k not in JOB_KEYS}
     if "time_budget" in settings:
         settings["time_budget"] = parse_duration(settings["time_budget"])
     out = Path(str(params["out"]))
     if params.get("resume") and (out / "config.json").exists():
-        data = load_run_config(out).to_dict()
-        for key, value in settings.items():
-            data[key] = dict(data[key], **value) if isinstance(value, dict) and isinstance(data.get(key), dict) else value
         if params.get("prompt"):
-            data["prompt"] = params["prompt"]
-        return TrainConfig.from_dict(data)
+            settings["prompt"] = params["prompt"]
+        return resume_config(out, settings)
     return TrainConfig.from_dict(dict(settings, prompt=str(params.get("prompt") or "")))
 
 
@@ -48,7 +47,7 @@ def cached_models(config: Any) -> Any:
     from .trainer import resolve_device
 
     device = resolve_device(config.device)
-    dtype = parse_dtype(config.dtype, device)
+    dtype = parse_dtype(config.diffusion_dtype, device)
     key = (config.sd_model, config.controlnet, str(device), str(dtype), bool(config.compile))
     with _LOCK:
         if key not in _MODELS:

@@ -7,7 +7,9 @@ triangles, in smplx's 127-keypoint order. From them we take the 18 OpenPose body
 lies behind the camera or the body surface hides it: a ray from the camera to the keypoint
 that meets the body mesh more than the keypoint's own depth inside the body (its distance to
 the nearest vertex, so joints inside a limb still show) before reaching it. Face keypoints thus
-vanish in back views.
+vanish in back views. DreamWaltz-G's rule (`occlusion_rule="gap"`) instead hides face points
+(nose, eyes, ears, landmarks) behind more than 2 cm of surface and hand points behind more
+than 20 cm, and never hides body joints (it ignores the body's self-occlusion).
 
 Drawing follows ControlNet v1.1's OpenPose annotator (`annotator/openpose/util.py`): body limbs
 as ellipses of half-width 4 px in the standard colours at 60 % intensity, body keypoints as
@@ -75,6 +77,13 @@ class SkeletonConfig:
     joint_slack: float = 0.02    # joints: metres on top of factor x their distance to the nearest vertex
     depth_factor: float = 1.5
     max_gap: float = 0.2         # joints: metres of their own segments' surface allowed in front
+    occlusion_rule: str = "depth"   # "depth" (ours, above) | "gap" (DreamWaltz-G: face_gap, hand_gap, body never)
+    face_gap: float = 0.02       # gap rule: metres of surface allowed in front of a face point
+    hand_gap: float = 0.2        # gap rule: ... of a hand point
+
+    def __post_init__(self) -> None:
+        if self.occlusion_rule not in ("depth", "gap"):
+            raise ValueError(f"skeleton.occlusion_rule must be depth or gap; got {self.occlusion_rule!r}")
 
 
 class KeypointLayout:
@@ -93,6 +102,11 @@ class KeypointLayout:
         extra = vertices[self.vertex_ids]
         lmk = (vertices[self.lmk_faces] * self.lmk_bary[..., None]).sum(1)
         return torch.cat([joints[:55], extra, lmk], 0)
+
+
+FACE_POINTS: tuple[int, ...] = (NOSE, R_EYE, L_EYE, R_EAR, L_EAR) + FACE_LANDMARKS
+HAND_POINTS: tuple[int, ...] = OPENPOSE_LEFT_HAND + OPENPOSE_RIGHT_HAND
+WRISTS: tuple[int, ...] = (OPENPOSE_LEFT_HAND[0], OPENPOSE_RIGHT_HAND[0])   # body and hand keypoints both
 
 
 def selected_keypoints(config: SkeletonConfig) -> list[int]:
@@ -183,7 +197,7 @@ class OcclusionTest:
     skinning weight) and is less than `max_gap` in front of it."""
 
     def __init__(self, body: Any, surface_slack: float = 0.06, joint_slack: float = 0.02, factor: float = 1.5,
-                 max_gap: float = 0.2) -> None:
+                 max_gap: float = 0.2, rule: str = "depth", face_gap: float = 0.02, hand_gap: float = 0.2) -> None:
         faces = torch.as_tensor(body.faces, device=body.device, dtype=torch.long)
         dominant = body.skinning_weights.argmax(1)
         self.face_joint = dominant[faces[:, 0]]
@@ -194,15 +208,31 @@ class OcclusionTest:
         self.is_joint = torch.arange(NUM_KEYPOINTS, device=body.device) < 55
         self.surface_slack, self.joint_slack = surface_slack, joint_slack
         self.factor, self.max_gap = factor, max_gap
+        self.rule = rule
+        # the gap rule's allowance per keypoint: face points, hand points (wrists: the body's), body never
+        gap_limit = torch.full((NUM_KEYPOINTS,), float("inf"), device=body.device)
+        gap_limit[list(HAND_POINTS)] = hand_gap
+        gap_limit[list(FACE_POINTS)] = face_gap
+        gap_limit[list(WRISTS)] = float("inf")
+        self.gap_limit = gap_limit
+        self.hand_gap = hand_gap
+
+    @staticmethod
+    def gaps(pts: torch.Tensor, origin: torch.Tensor, vertices: torch.Tensor,
+             faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Metres of surface in front of each point seen from `origin`, and the first face hit."""
+        t, face = first_hits(pts, origin, vertices, faces)
+        length = torch.linalg.norm(pts - origin, dim=-1).clamp_min(1e-9)
+        gap = (1.0 - t).clamp_min(0.0) * length
+        return torch.where(torch.isfinite(t), gap, torch.zeros_like(gap)), face
 
     @torch.no_grad()
     def __call__(self, keypoints: torch.Tensor, idx: torch.Tensor, origin: torch.Tensor,
                  vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         pts = keypoints[idx]
-        t, face = first_hits(pts, origin, vertices, faces)
-        length = torch.linalg.norm(pts - origin, dim=-1).clamp_min(1e-9)
-        gap = (1.0 - t).clamp_min(0.0) * length                 # metres of surface in front of it
-        gap = torch.where(torch.isfinite(t), gap, torch.zeros_like(gap))
+        gap, face = self.gaps(pts, origin, vertices, faces)
+        if self.rule == "gap":
+            return gap <= self.gap_limit[idx]
         joint = self.is_joint[idx]
         depth_in_body = torch.cdist(pts, vertices).min(1).values
         allowed = torch.where(joint, self.factor * depth_in_body + self.joint_slack,
@@ -255,9 +285,11 @@ class _Prims:
         self.color.append(color)
 
 
-def _primitives(uv: torch.Tensor, vis: torch.Tensor, config: SkeletonConfig, scale: float) -> _Prims:
+def _primitives(uv: torch.Tensor, vis: torch.Tensor, config: SkeletonConfig, scale: float,
+                hand_vis: torch.Tensor | None = None) -> _Prims:
     prims = _Prims([], [], [], [], [])
     v = vis.tolist()
+    hv = v if hand_vis is None else hand_vis.tolist()
 
     def disc_radius(r: float) -> float:
         return max(r * scale, MIN_DISC_RADIUS)
@@ -275,10 +307,10 @@ def _primitives(uv: torch.Tensor, vis: torch.Tensor, config: SkeletonConfig, sca
         for hand in (OPENPOSE_LEFT_HAND, OPENPOSE_RIGHT_HAND):
             for i, (p, q) in enumerate(HAND_EDGES):
                 a, b = hand[p], hand[q]
-                if v[a] and v[b]:
+                if hv[a] and hv[b]:
                     prims.add(a, b, max(HAND_LINE_RADIUS * scale, MIN_LINE_RADIUS), 1, HAND_EDGE_COLORS[i])
             for k in hand:
-                if v[k]:
+                if hv[k]:
                     prims.add(k, k, disc_radius(HAND_RADIUS), 2, HAND_POINT_COLOR)
     if config.face:
         for k in FACE_LANDMARKS:
@@ -288,10 +320,12 @@ def _primitives(uv: torch.Tensor, vis: torch.Tensor, config: SkeletonConfig, sca
 
 
 def draw_skeleton(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int,
-                  config: SkeletonConfig | None = None, tile: int = 16, method: str = "auto") -> torch.Tensor:
+                  config: SkeletonConfig | None = None, tile: int = 16, method: str = "auto",
+                  hand_vis: torch.Tensor | None = None) -> torch.Tensor:
     """(3, H, W) float image in [0, 1] (black background) from pixel positions (127, 2) (+0.5
     pixel-centre convention) and visibility (127,); each pixel takes the colour of the last
-    primitive (in painter's order) that covers it.
+    primitive (in painter's order) that covers it. `hand_vis` (127,), when given, is the
+    visibility the hands are drawn with (the wrist is a body and a hand keypoint at once).
 
     method "torch" tests every primitive on the tiles its bounding box touches, on the
     tensors' device (no image leaves the GPU); "pil" fills polygons with Pillow, 3x faster on
@@ -302,15 +336,15 @@ def draw_skeleton(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int,
         cpu = uv.device.type == "cpu"
         far = cpu and bool(vis.any()) and bool((uv[vis].abs() > PIL_MAX_COORD).any())
         method = "pil" if cpu and not far else "torch"
+    prims = _primitives(uv, vis, config, min(width, height) / 512.0, hand_vis)
     if method == "pil":
-        return _draw_pil(uv, vis, width, height, config)
-    return _draw_torch(uv, vis, width, height, config, tile)
+        return _draw_pil(uv, prims, width, height)
+    return _draw_torch(uv, prims, width, height, tile)
 
 
-def _draw_pil(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int, config: SkeletonConfig) -> torch.Tensor:
+def _draw_pil(uv: torch.Tensor, prims: _Prims, width: int, height: int) -> torch.Tensor:
     from PIL import Image, ImageDraw
 
-    prims = _primitives(uv, vis, config, min(width, height) / 512.0)
     image = Image.new("RGB", (width, height))
     draw = ImageDraw.Draw(image)
     # Pillow floors vertex coordinates and fills inclusively: with the +0.5 convention's
@@ -341,11 +375,8 @@ def _draw_pil(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int, conf
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def _draw_torch(uv: torch.Tensor, vis: torch.Tensor, width: int, height: int, config: SkeletonConfig,
-                tile: int) -> torch.Tensor:
+def _draw_torch(uv: torch.Tensor, prims: _Prims, width: int, height: int, tile: int) -> torch.Tensor:
     device = uv.device
-    scale = min(width, height) / 512.0
-    prims = _primitives(uv, vis, config, scale)
     image = torch.zeros(height * width, 3, device=device)
     if not prims.a:
         return image.T.reshape(3, height, width)
@@ -414,7 +445,8 @@ class SkeletonRenderer:
         self.layout = KeypointLayout(body)
         self.which = selected_keypoints(self.config)
         c = self.config
-        self.occlusion = OcclusionTest(body, c.surface_slack, c.joint_slack, c.depth_factor, c.max_gap)
+        self.occlusion = OcclusionTest(body, c.surface_slack, c.joint_slack, c.depth_factor, c.max_gap,
+                                       c.occlusion_rule, c.face_gap, c.hand_gap)
 
     def keypoints(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         return self.layout(vertices, joints)
@@ -425,4 +457,20 @@ class SkeletonRenderer:
         kp = self.keypoints(vertices, joints) if keypoints is None else keypoints
         uv, vis = keypoint_visibility(kp, camera, vertices, self.layout.faces, self.config, self.which,
                                       self.occlusion)
-        return draw_skeleton(uv, vis, int(camera.width), int(camera.height), self.config)
+        hand_vis = self._hand_wrists(kp, vis, camera, vertices) if self.config.occlusion_rule == "gap" else None
+        return draw_skeleton(uv, vis, int(camera.width), int(camera.height), self.config, hand_vis=hand_vis)
+
+    def _hand_wrists(self, kp: torch.Tensor, vis: torch.Tensor, camera: Camera,
+                     vertices: torch.Tensor) -> torch.Tensor:
+        """The gap rule's visibility for the hands: the wrists as hand points (`hand_gap`), not
+        as the body joints that are never hidden."""
+        hand_vis = vis.clone()
+        if not (self.config.hands and self.config.occlusion):
+            return hand_vis
+        idx = torch.as_tensor(WRISTS, device=kp.device)
+        shown = vis[idx]
+        if bool(shown.any()):
+            origin = torch.as_tensor(camera.position, dtype=kp.dtype, device=kp.device)
+            gap, _ = OcclusionTest.gaps(kp[idx], origin, vertices, self.layout.faces)
+            hand_vis[idx] = shown & (gap <= self.config.hand_gap)
+        return hand_vis

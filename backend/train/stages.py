@@ -1,13 +1,15 @@
 """The stage schedule and the template initialisation.
 
-`Schedule` maps an iteration to its stage. The template stage's length is fixed when a run
-starts; the split of the remaining iterations into canonical and random-pose SDS follows the
-planned total, which a time budget may shorten once the speed is known.
+`Schedule` maps an iteration to its stage: the recipe's stages (recipes.Stage) in order, each
+with a planned length. The lengths are fixed when a run starts; a time budget may shorten the
+stages still to come (and the rest of the current one) once the speed is known. The schedule
+is saved in every checkpoint, so a resumed run continues with the same plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -16,53 +18,83 @@ import torch
 from ..avatar import Avatar, BoundGaussians, FreeGaussians, init_template_avatar
 from ..avatar.gaussians import SKIN_INFLUENCES
 from ..avatar.posing import matrix_to_quaternion, quaternion_multiply, triangle_frames
-
-STAGES = ("template", "canonical", "posed")
+from .recipes import Stage
 
 
 @dataclasses.dataclass
 class Schedule:
-    template_end: int
-    planned_total: int
-    canonical_fraction: float
+    names: list[str]
+    lengths: list[int]          # planned iterations per stage (a time budget may shorten them)
 
     @classmethod
-    def create(cls, total: int, template_fraction: float, canonical_fraction: float) -> "Schedule":
-        template = int(round(total * template_fraction))
-        if template_fraction > 0:
-            template = max(1, template)
-        return cls(min(template, total), total, canonical_fraction)
+    def create(cls, stages: list[Stage]) -> "Schedule":
+        return cls([s.name for s in stages], [int(s.steps) for s in stages])
 
     @property
-    def canonical_end(self) -> int:
-        sds = max(0, self.planned_total - self.template_end)
-        return self.template_end + int(round(sds * self.canonical_fraction))
+    def planned_total(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def ends(self) -> list[int]:
+        out, end = [], 0
+        for n in self.lengths:
+            end += n
+            out.append(end)
+        return out
+
+    def index_at(self, step: int) -> int:
+        """The stage of iteration `step` (the last stage for steps past the end)."""
+        for i, end in enumerate(self.ends):
+            if step < end:
+                return i
+        return len(self.names) - 1
 
     def stage_at(self, step: int) -> str:
-        if step < self.template_end:
-            return "template"
-        if step < self.canonical_end:
-            return "canonical"
-        return "posed"
+        return self.names[self.index_at(step)]
 
-    def sds_progress(self, step: int) -> float:
-        """Progress through the SDS iterations, in [0, 1] (drives the timestep annealing)."""
-        sds = self.planned_total - self.template_end
+    def start_of(self, index: int) -> int:
+        return self.ends[index] - self.lengths[index]
+
+    def end_of(self, name: str) -> int:
+        return self.ends[self.names.index(name)]
+
+    def stage_progress(self, step: int) -> float:
+        """Progress through the current stage, in [0, 1]."""
+        i = self.index_at(step)
+        return min(1.0, max(0.0, (step - self.start_of(i)) / max(1, self.lengths[i])))
+
+    def sds_progress(self, step: int, skip: tuple[str, ...] = ("template",)) -> float:
+        """Progress through the iterations of all stages but `skip`, in [0, 1] (drives the
+        timestep annealing of the fast recipe)."""
+        first = sum(n for name, n in zip(self.names, self.lengths) if name in skip)
+        sds = self.planned_total - first
         if sds <= 1:
             return 0.0
-        return min(1.0, max(0.0, (step - self.template_end) / (sds - 1)))
+        return min(1.0, max(0.0, (step - first) / (sds - 1)))
 
     def shorten(self, new_total: int, current_step: int) -> None:
-        """Plan fewer iterations (time budget); the canonical stage keeps its share of the
-        rest but never ends before the current step."""
+        """Plan `new_total` iterations in all (never more than planned): the stages after
+        `current_step` and the rest of the current one shrink by the same factor, in
+        proportion to their planned lengths; the stages done keep theirs."""
         new_total = max(current_step, min(self.planned_total, int(new_total)))
-        self.planned_total = new_total
-        if self.canonical_end < current_step and self.planned_total > self.template_end:
-            done = (current_step - self.template_end) / (self.planned_total - self.template_end)
-            self.canonical_fraction = min(1.0, max(self.canonical_fraction, done))
+        i = self.index_at(current_step)
+        rest = [max(0, self.ends[i] - current_step)] + self.lengths[i + 1:]
+        have, want = sum(rest), new_total - current_step
+        if have <= 0 or want >= have:
+            return
+        exact = [n * want / have for n in rest]
+        got = [int(math.floor(x)) for x in exact]
+        for k in sorted(range(len(got)), key=lambda k: got[k] - exact[k])[:want - sum(got)]:
+            got[k] += 1
+        self.lengths[i] = current_step - self.start_of(i) + got[0]
+        self.lengths[i + 1:] = got[1:]
 
     def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"names": list(self.names), "lengths": list(self.lengths)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Schedule":
+        return cls([str(n) for n in state["names"]], [int(n) for n in state["lengths"]])
 
 
 def unbind_face(avatar: Avatar) -> Avatar:

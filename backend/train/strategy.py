@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -145,15 +145,20 @@ class DensifyStrategy:
 
     # ---- per step ------------------------------------------------------------------------------
     @torch.no_grad()
-    def accumulate(self, grads: list[torch.Tensor], means: list[torch.Tensor], cameras: list[Camera]) -> None:
-        """grads/means: per camera, (N,3) gradient of the posed world-space centres and the centres."""
+    def accumulate(self, grads: list[torch.Tensor], means: list[torch.Tensor], cameras: list[Camera],
+                   batch_views: int | None = None,
+                   reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """grads/means: per camera, (N,3) gradient of the posed world-space centres and the centres.
+        `batch_views`: the cameras of the whole batch when these are a share of it; `reduce`
+        sums this step's statistics over the ranks that hold the other shares."""
         if not self.config.enabled or not grads:
             return
         n = grads[0].shape[0]
         device = grads[0].device
         self._ensure(n, device)
-        ncam = len(cameras)
+        ncam = batch_views or len(cameras)
         views = upload(np.stack([np.asarray(c.world_to_camera) for c in cameras]), device)
+        step = torch.zeros((2, n), device=device)   # this step's gradient norms and counts
         for g, m, cam, view in zip(grads, means, cameras, views):
             if g is None:
                 continue
@@ -163,8 +168,12 @@ class DensifyStrategy:
             gv = gc[:, 1] * z / cam.fy * (cam.height / 2.0) * ncam
             norm = torch.sqrt(gu * gu + gv * gv)
             seen = g.abs().sum(-1) > 0
-            self.grad2d += torch.where(seen, norm, torch.zeros_like(norm))
-            self.count += seen.float()
+            step[0] += torch.where(seen, norm, torch.zeros_like(norm))
+            step[1] += seen.float()
+        if reduce is not None:
+            step = reduce(step)
+        self.grad2d += step[0]
+        self.count += step[1]
 
     def window(self, total: int) -> tuple[int, int]:
         c = self.config

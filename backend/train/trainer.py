@@ -1,12 +1,15 @@
 """The training loop: skeleton-guided score distillation into the hybrid Gaussian avatar.
 
-One iteration: take its batch (`batches.py`: a pose, canonical, perturbed or random by stage,
-`views` cameras, full body or face and hand close-ups, backgrounds and the OpenPose skeleton of
-each view, made ahead by worker processes); pose the avatar with the batch's skinning
-transforms; render all views over their backgrounds in one rasterizer call; take the SDS loss
-of SD 1.5 + ControlNet (in the template stage instead: a photometric fit to the template avatar); backpropagate to the Gaussians (and the
-hash-grid field); step Adam; accumulate screen-space gradients and densify / prune the free
-Gaussians on schedule.
+A run goes through its recipe's stages (recipes.py; `Schedule` in stages.py), named in the
+progress reports. One iteration of a Gaussian stage: take its batch (`batches.py`: a pose by
+the stage's pose mode, `views` cameras, backgrounds and the OpenPose skeleton of each view,
+made ahead by worker processes); pose the avatar with the batch's skinning transforms; render
+all views over their backgrounds in one rasterizer call; take the SDS loss of SD 1.5 +
+ControlNet (in the template stage instead: a photometric fit to the template avatar);
+backpropagate to the Gaussians (and the hash-grid field); step Adam; accumulate screen-space
+gradients and densify / prune the free Gaussians on schedule. A NeRF stage (the dreamwaltz-g
+recipe's Stage I) renders the NeRF instead (nerf_stage.py), and the first Gaussian stage after
+it starts by converting the field to Gaussians.
 
 `run_training(config, out_dir, progress_cb, should_cancel, resume)` does a whole run: it writes
 `config.json`, checkpoints (`checkpoints/last.pt`, atomically, every `checkpoint_every`
@@ -41,6 +44,10 @@ from .batches import Batch, BatchMaker, BatchSource, default_workers, pose_body,
 from .cameras import View, front_camera
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import Solo
+from .errors import TrainingError
+from .nerf_stage import UNAVAILABLE as NERF_UNAVAILABLE, NerfStage, nerf_available
+from .recipes import Stage
 from .stages import Schedule, template_avatar
 from .strategy import DensifyStrategy, ParamEditor, scene_scale_of
 
@@ -59,10 +66,6 @@ class TrainingCancelled(Exception):
         super().__init__(f"cancelled at iteration {step}; checkpoint saved to {checkpoint}")
         self.step = step
         self.checkpoint = checkpoint
-
-
-class TrainingError(ValueError):
-    """A run that cannot start or continue (the message says why)."""
 
 
 class PhaseTimer:
@@ -121,13 +124,15 @@ class Trainer:
                  models: GuidanceModels | None = None, progress_cb: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, guidance: Callable[..., Any] | None = None,
                  fixed_views: list[View] | None = None, timer: PhaseTimer | None = None,
-                 tiny_encoder: Any = None) -> None:
+                 tiny_encoder: Any = None, parallel: Solo | None = None) -> None:
         """`guidance` replaces SDS (and the template fit) by any callable with SDS's signature
         (images, controls, prompts, progress, generator, timer) -> (loss, info); `fixed_views`
-        replaces the camera sampler (both for tests and experiments)."""
+        replaces the camera sampler (both for tests and experiments); `parallel`: this rank of
+        a view-parallel run (distributed.py)."""
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = resolve_device(config.device)
+        self.parallel = parallel or Solo()
+        self.device = self.parallel.place(resolve_device(config.device))
         self.progress_cb = progress_cb
         self.should_cancel = should_cancel or (lambda: False)
         self.models = models
@@ -139,7 +144,7 @@ class Trainer:
         self._session_t0 = time.perf_counter()
         self._elapsed_before = 0.0
         self._budget_probe: tuple[int, float] | None = None
-        self._budget_planned = False
+        self._budget_planned: list[str] = []   # stages whose speed the plan has been fitted to
         self._loss_sum: torch.Tensor | None = None
         self._loss_n = 0
         self._last_report = 0.0
@@ -162,6 +167,29 @@ class Trainer:
         rest = self.body.shaped_vertices(self.betas).detach()
         self.rest_vertices = rest
         self.scene_scale = scene_scale_of(rest)
+        self._body_faces = torch.as_tensor(self.body.faces, device=self.device)
+        self.field: ColorField | None = None
+        if c.appearance == "hashgrid":
+            self.field = ColorField(c.hashgrid, rest.min(0).values, rest.max(0).values, self.device, seed=c.seed)
+        self._set_gaussians(avatar)
+        self.strategy = DensifyStrategy(c.densify, self.scene_scale)
+        self.stages: dict[str, Stage] = {s.name: s for s in c.stages()}
+        self.schedule = Schedule.create(list(self.stages.values()))
+        self.step_index = 0
+        # a recipe with NeRF stages trains the field first and converts it to Gaussians after them
+        self.nerf: NerfStage | None = None
+        self.phase = "nerf" if any(s.kind == "nerf" for s in self.stages.values()) else "gaussians"
+        if self.phase == "nerf" and not nerf_available():
+            raise TrainingError(NERF_UNAVAILABLE)
+        maker = BatchMaker(c, self.body, self.betas, self.fixed_views)
+        self.poses = maker.poses
+        workers = default_workers(self.device) if c.workers < 0 else c.workers
+        self.batches = BatchSource(maker, lambda step: self.schedule.stage_at(step), self._needs_controls,
+                                   self.device, workers)
+
+    def _set_gaussians(self, avatar: Avatar) -> None:
+        """Make `avatar`'s Gaussians the trained parameters, with a fresh optimizer."""
+        c = self.config
         f, b = avatar.free, avatar.bound
         p = {
             "free.means": f.means, "free.quats": f.quats, "free.log_scales": f.log_scales,
@@ -172,24 +200,16 @@ class Trainer:
         if c.appearance == "colors":
             p["free.color_logits"] = _logit(f.colors)
             p["bound.color_logits"] = _logit(b.colors)
-        self.params = {k: torch.nn.Parameter(v.detach().clone().float().contiguous()) for k, v in p.items()}
-        self.buffers = {"free.skin_joints": f.skin_joints.clone(), "free.skin_weights": f.skin_weights.clone(),
-                        "bound.faces": b.faces.clone(), "bound.barycentric": b.barycentric.clone()}
-        self.field: ColorField | None = None
-        if c.appearance == "hashgrid":
-            self.field = ColorField(c.hashgrid, rest.min(0).values, rest.max(0).values, self.device, seed=c.seed)
+        self.params = {k: torch.nn.Parameter(v.detach().clone().float().contiguous().to(self.device))
+                       for k, v in p.items()}
+        self.buffers = {"free.skin_joints": f.skin_joints.clone().to(self.device),
+                        "free.skin_weights": f.skin_weights.clone().to(self.device),
+                        "bound.faces": b.faces.clone().to(self.device),
+                        "bound.barycentric": b.barycentric.clone().to(self.device)}
         self.optimizer = self._make_optimizer()
         self.editor = ParamEditor(self.params, self.buffers, self.optimizer)
-        self.strategy = DensifyStrategy(c.densify, self.scene_scale)
-        self.schedule = Schedule.create(c.total_steps, c.template_share, c.canonical_fraction)
-        self.step_index = 0
-        maker = BatchMaker(c, self.body, self.betas, self.fixed_views)
-        self.poses = maker.poses
-        workers = default_workers(self.device) if c.workers < 0 else c.workers
-        self.batches = BatchSource(maker, lambda step: self.schedule.stage_at(step), self._needs_controls,
-                                   self.device, workers)
-        self._body_faces = torch.as_tensor(self.body.faces, device=self.device)
         self._pose_cache: dict = {}
+        self.parallel.align([*self.learnable_tensors().values(), *self.buffers.values()])
 
     def _lr_groups(self) -> list[dict[str, Any]]:
         lr = self.config.lr
@@ -212,12 +232,24 @@ class Trainer:
             kw["fused"] = True
         return torch.optim.Adam(self._lr_groups(), **kw)
 
-    def _set_lrs(self, step: int) -> None:
+    def _set_lrs(self, step: int, views: list[View]) -> None:
+        """The centres' exponential decay (over the run, or restarting each stage as the
+        original's separate runs do) and, with `camera_scale`, the original's spatial scale
+        (distance x tan(fov / 2) of the views) on the centres' and log-scales' rates."""
         lr = self.config.lr
-        frac = step / max(1, self.schedule.planned_total - 1)
+        if lr.decay == "stage":
+            i = self.schedule.index_at(step)
+            local = step - self.schedule.start_of(i) + 1   # the original counts its iterations from 1
+            frac = local / (lr.decay_length * max(1, self.schedule.lengths[i]))
+        else:
+            frac = step / (lr.decay_length * max(1, self.schedule.planned_total - 1))
+        frac = min(1.0, frac)
+        scale = float(np.mean([v.spatial_scale for v in views])) if lr.camera_scale else 1.0
         for g in self.optimizer.param_groups:
             if g["name"] == "free.means":
-                g["lr"] = g["base_lr"] * (lr.means_final ** frac)
+                g["lr"] = g["base_lr"] * (lr.means_final ** frac) * scale
+            elif g["name"] in ("free.log_scales", "bound.log_scales") and lr.camera_scale:
+                g["lr"] = g["base_lr"] * scale
 
     # ------------------------------------------------------------------------------------------
     # avatar views of the parameters
@@ -276,11 +308,12 @@ class Trainer:
     def ensure_guidance(self) -> None:
         if self.guidance_override is not None or self.sds is not None:
             return
-        if self.schedule.planned_total <= self.schedule.template_end:
+        if all(self.stages[n].kind == "template" for n, k in zip(self.schedule.names, self.schedule.lengths) if k):
             return
         c = self.config
         if self.models is None:
-            self.models = load_guidance_models(c.sd_model, c.controlnet, self.device, c.dtype, c.allow_download)
+            self.models = load_guidance_models(c.sd_model, c.controlnet, self.device, c.diffusion_dtype,
+                                                c.allow_download)
         if c.sds.encoder == "tiny" and self.tiny_encoder is None:
             if not c.tiny_encoder:
                 raise TrainingError('sds.encoder = "tiny" needs tiny_encoder (an AutoencoderTiny such as madebyollin/taesd)')
@@ -296,7 +329,30 @@ class Trainer:
     # one iteration
     # ------------------------------------------------------------------------------------------
     def _needs_controls(self, stage: str) -> bool:
-        return stage != "template" or self.guidance_override is not None
+        return self.stages[stage].kind != "template" or self.guidance_override is not None
+
+    def stage(self, step: int | None = None) -> Stage:
+        """The stage of iteration `step` (default: the current one)."""
+        step = self.step_index if step is None else step
+        return self.stages[self.schedule.stage_at(min(step, max(0, self.schedule.planned_total - 1)))]
+
+    def nerf_stage(self) -> NerfStage:
+        """The run's NeRF (made on first use: from the body model's pretrained field)."""
+        if self.nerf is None:
+            self.nerf = NerfStage(self)
+        return self.nerf
+
+    def convert(self) -> None:
+        """NeRF -> Gaussians: the field's Gaussians replace the parameters (the first Gaussian
+        stage after the NeRF stages starts with this)."""
+        avatar = self.nerf_stage().to_gaussians()
+        log.info("iteration %d: the NeRF became %d free and %d mesh-bound Gaussians", self.step_index,
+                 len(avatar.free.means), len(avatar.bound.faces))
+        self._set_gaussians(avatar)
+        self.strategy = DensifyStrategy(self.config.densify, self.scene_scale)
+        self.nerf.close()
+        self.nerf = None
+        self.phase = "gaussians"
 
     def pose_body(self, params: dict[str, Any]) -> dict[str, Any]:
         return pose_body(self.body, self.betas, params)
@@ -309,24 +365,35 @@ class Trainer:
         """Run iteration `self.step_index` (without advancing it); returns the loss (a tensor)."""
         c = self.config
         step = self.step_index
-        stage = self.schedule.stage_at(step)
+        spec = self.stage(step)
+        if spec.kind == "nerf":
+            loss = self.nerf_stage().train_step(step, spec)
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_n += 1
+            return loss
+        if self.phase == "nerf":
+            self.convert()
         timer = self.timer
-        self._set_lrs(step)
-        sds_step = stage != "template" and self.guidance_override is None
+        sds_step = spec.kind != "template" and self.guidance_override is None
         with timer("sample"):
             batch = self.batches.get(step)
-            views, bgs = batch.views, batch.backgrounds
+            self._set_lrs(step, batch.views)
             controls = batch.control_images()
             self.noise_gen.manual_seed(step_seed(c.seed, step))
-            prompts = [(v.kind, v.view) for v in views]
+            prompts = [(v.kind, v.view) for v in batch.views]
             progress = self.schedule.sds_progress(step)
             if sds_step:
                 self.ensure_guidance()
                 inputs = self.sds.prepare(controls, prompts, progress, self.noise_gen)
+            share = self.parallel.share(len(batch.views))   # this rank's views (all of them in one process)
+            mine = batch.share(share)
+            views, bgs, part = mine.views, mine.backgrounds, len(mine.views) / len(batch.views)
+            if sds_step:
+                inputs = inputs.views(share)
         with timer("render"):
             gs = pose_with_transforms(self.avatar(), batch.transforms, batch.expression, batch.rotations)
             n_free = len(self.params["free.means"])
-            track = c.densify.enabled and stage != "template" and gs.means.requires_grad
+            track = c.densify.enabled and spec.kind != "template" and gs.means.requires_grad
             per_view_means = [gs.means + 0.0 if track else gs.means for _ in views]
             if track:  # per-view screen-space gradients for densification
                 for means in per_view_means:
@@ -339,16 +406,20 @@ class Trainer:
         if sds_step:
             loss, _ = self.sds.loss(images, inputs, timer)
         elif self.guidance_override is not None:
-            loss, _ = self.guidance_override(images, controls, prompts, progress, self.noise_gen, timer)
+            loss, _ = self.guidance_override(images, mine.control_images(), prompts[share], progress, self.noise_gen,
+                                             timer)
+            loss = loss * part
         else:
             with timer("unet"):
-                loss = self._template_loss(batch, images)
+                loss = self._template_loss(mine, images) * part
         with timer("backward"):
             loss.backward()
         with timer("optim"):
+            loss = self.parallel.reduce_grads(self.learnable_tensors().values(), loss)
             if track:
                 self.strategy.accumulate([m.grad[:n_free] if m.grad is not None else None for m in per_view_means],
-                                         [m.detach()[:n_free] for m in per_view_means], cameras)
+                                         [m.detach()[:n_free] for m in per_view_means], cameras,
+                                         batch_views=len(batch.views), reduce=self.parallel.reduce_stats)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         with timer("refine"):
@@ -376,6 +447,8 @@ class Trainer:
         return {
             "step": self.step_index,
             "schedule": self.schedule.state_dict(),
+            "phase": self.phase,
+            "nerf": None if self.nerf is None else self.nerf.state_dict(),
             "elapsed": self.elapsed,
             "config": self.config.to_dict(),
             "params": {k: v.detach() for k, v in self.params.items()},
@@ -385,13 +458,15 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(),
             "rng": {"torch": self.torch_gen.get_state()},
-            "budget": {"planned": self._budget_planned},
+            "budget": {"planned": list(self._budget_planned)},
             "history": list(self.history),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = TrainConfig.from_dict(state["config"])
         diff = self.config.same_run_as(saved)
+        if diff == ["recipe"]:
+            raise TrainingError(recipe_mismatch("the checkpoint", saved.recipe, self.config.recipe))
         if diff:
             raise TrainingError(f"the checkpoint was made with different settings ({', '.join(diff)}); "
                                 "resume with the settings of the run (or start a new run in another folder)")
@@ -412,19 +487,29 @@ class Trainer:
         self.editor = ParamEditor(self.params, self.buffers, self.optimizer)
         self.strategy.load_state_dict({k: (v.to(self.device) if torch.is_tensor(v) else v)
                                        for k, v in state["strategy"].items()})
-        sched = state["schedule"]
-        self.schedule = Schedule(int(sched["template_end"]), int(sched["planned_total"]),
-                                 float(sched["canonical_fraction"]))
+        self.schedule = _schedule_from_state(state["schedule"])
+        self.phase = str(state.get("phase", "gaussians"))
+        if self.nerf is not None:
+            self.nerf.close()
+            self.nerf = None
+        if self.phase == "nerf" and state.get("nerf") is not None:
+            self.nerf_stage().load_state_dict(state["nerf"])
         self.step_index = int(state["step"])
         self._elapsed_before = float(state["elapsed"])
         self._session_t0 = time.perf_counter()
         self.torch_gen.set_state(state["rng"]["torch"].cpu())
-        self._budget_planned = bool(state.get("budget", {}).get("planned", False))
+        planned = state.get("budget", {}).get("planned", [])
+        self._budget_planned = list(planned) if isinstance(planned, list) else \
+            ([self.schedule.names[self.schedule.index_at(self.step_index)]] if planned else [])
         self.history = list(state.get("history", []))
 
     def save_checkpoint(self) -> Path:
+        """Rank 0 writes it, after checking that the ranks are in lockstep; all wait for it."""
         path = checkpoint_path(self.out_dir)
-        save_checkpoint(path, self.state_dict())
+        self.parallel.check_lockstep(self.learnable_tensors(), self.step_index)
+        if self.parallel.is_main:
+            save_checkpoint(path, self.state_dict())
+        self.parallel.barrier()
         return path
 
     def resume(self) -> bool:
@@ -441,15 +526,20 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def render_preview(self, size: int = 256) -> np.ndarray:
+        """A front view in the canonical pose: of the NeRF while the run is in its NeRF stages,
+        of the Gaussians after them."""
         canonical = self.pose_body(self.poses.canonical())
-        gs = pose_with_transforms(self.avatar(), canonical["transforms"], None, canonical["rotations"])
         cam = front_camera(canonical["vertices"], size, size)
-        out = rasterize(gs, cam, backend=self.config.rasterizer,
-                        background=torch.full((3,), 0.92, device=self.device))
-        return (out.rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        background = torch.full((3,), 0.92, device=self.device)
+        if self.phase == "nerf":
+            rgb = self.nerf_stage().render_preview(cam, background)
+        else:
+            gs = pose_with_transforms(self.avatar(), canonical["transforms"], None, canonical["rotations"])
+            rgb = rasterize(gs, cam, backend=self.config.rasterizer, background=background).rgb
+        return (rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
     def write_preview(self) -> Path | None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.parallel.is_main:
             return None
         from PIL import Image
 
@@ -468,7 +558,10 @@ class Trainer:
         return value
 
     def report(self, force: bool = False, preview: Path | None = None) -> None:
-        stage = self.schedule.stage_at(min(self.step_index, self.schedule.planned_total - 1))
+        """A progress report (at most every `progress_every` seconds unless forced, a new
+        preview or a new stage): stage name, step and total, mean loss, and as extra fields the
+        recipe, the stage's index and the stage names."""
+        stage = self.stage().name
         now = time.perf_counter()
         if not force and preview is None and stage == self._last_stage and \
                 now - self._last_report < self.config.progress_every:
@@ -477,11 +570,13 @@ class Trainer:
         loss = self.mean_loss()
         if loss is not None:
             self.history.append({"step": self.step_index, "stage": stage, "loss": loss,
-                                 "elapsed": round(self.elapsed, 2), "gaussians": self.num_gaussians})
+                                 "elapsed": round(self.elapsed, 2),
+                                 "gaussians": None if self.phase == "nerf" else self.num_gaussians})
             del self.history[:-2000]
         if self.progress_cb is not None:
             self.progress_cb(stage, self.step_index, self.schedule.planned_total, loss=loss,
-                             preview=str(preview) if preview is not None else None)
+                             preview=str(preview) if preview is not None else None, recipe=self.config.recipe,
+                             stage_index=self.schedule.names.index(stage), stages=list(self.schedule.names))
 
     @property
     def num_gaussians(self) -> int:
@@ -505,6 +600,8 @@ class Trainer:
 
     def save(self) -> Path:
         folder = self.out_dir / "avatar"
+        if not self.parallel.is_main:
+            return folder
         save_avatar(self.export_avatar(), folder, preview=self.render_preview())
         summary = {"prompt": self.config.prompt, "avatar": str(folder), "iterations": self.step_index,
                    "planned_iterations": self.schedule.planned_total, "training_seconds": round(self.elapsed, 2),
@@ -522,19 +619,31 @@ class Trainer:
         if not budget:
             return False
         step = self.step_index
-        if not self._budget_planned and step >= self.schedule.template_end:
-            if self._budget_probe is None:
-                self._budget_probe = (step, self.elapsed)
+        spec = self.stage(step)
+        if spec.kind != "template" and spec.name not in self._budget_planned and step < self.schedule.planned_total:
+            # fitted again in each stage, at its own speed (a NeRF at 64 px is faster than 3DGS at 512)
+            if self._budget_probe is None or self._budget_probe[2] != spec.name:
+                self._budget_probe = (step, self.elapsed, spec.name)
             elif step - self._budget_probe[0] >= BUDGET_PROBE_STEPS:
                 per_step = (self.elapsed - self._budget_probe[1]) / (step - self._budget_probe[0])
                 left = budget - self.elapsed - self._reserve(budget)
                 fits = step + int(max(0.0, left) / max(per_step, 1e-6))
                 if fits < self.schedule.planned_total:
-                    log.info("time budget %.0f s: %.3f s per iteration, planning %d iterations instead of %d",
-                             budget, per_step, fits, self.schedule.planned_total)
+                    log.info("time budget %.0f s: %.3f s per iteration in stage %s, planning %d iterations "
+                             "instead of %d", budget, per_step, spec.name, fits, self.schedule.planned_total)
                     self.schedule.shorten(fits, step)
-                self._budget_planned = True
+                self._budget_planned.append(spec.name)
         return self.elapsed >= budget - self._reserve(budget)
+
+    def _budget_agreed(self) -> bool:
+        """`_budget` by rank 0's clock, its plan followed by every rank."""
+        if not self.config.time_budget or self.parallel.world == 1:
+            return self._budget()
+        spent = self._budget() if self.parallel.is_main else False
+        spent, schedule = self.parallel.from_main((spent, self.schedule.state_dict()))
+        if not self.parallel.is_main:
+            self.schedule = Schedule.from_state(schedule)
+        return bool(spent)
 
     @staticmethod
     def _reserve(budget: float) -> float:
@@ -551,11 +660,11 @@ class Trainer:
         self.ensure_guidance()
         self.report(force=True)
         while self.step_index < self.schedule.planned_total:
-            if self.should_cancel():
+            if self.parallel.any(self.should_cancel()):
                 path = self.save_checkpoint()
                 self.report(force=True)
                 raise TrainingCancelled(self.step_index, path)
-            if self._budget():
+            if self._budget_agreed():
                 log.info("time budget spent after %d iterations (%.0f s)", self.step_index, self.elapsed)
                 self.schedule.shorten(self.step_index, self.step_index)
                 break
@@ -568,9 +677,12 @@ class Trainer:
             if c.preview_every > 0 and s % c.preview_every == 0:
                 preview = self.write_preview()
             if c.log_every > 0 and s % c.log_every == 0:
-                log.info("iteration %d/%d (%s): %d Gaussians, %.1f s", s, self.schedule.planned_total,
-                         self.schedule.stage_at(s - 1), self.num_gaussians, self.elapsed)
+                what = "NeRF" if self.phase == "nerf" else f"{self.num_gaussians} Gaussians"
+                log.info("iteration %d/%d (%s, %s): %s, %.1f s", s, self.schedule.planned_total, c.recipe,
+                         self.schedule.stage_at(s - 1), what, self.elapsed)
             self.report(preview=preview)
+        if self.phase == "nerf":  # the run ended in its NeRF stages (a time budget): the avatar needs Gaussians
+            self.convert()
         self.save_checkpoint()
         folder = self.save()
         preview = self.write_preview()
@@ -578,7 +690,8 @@ class Trainer:
         return folder
 
 
-def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool) -> None:
+def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool, write: bool = True) -> None:
+    """Check that `out_dir` may take this run; with `write` (rank 0), record its config."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temps(out_dir)       # a killed run's half-written checkpoints and previews
     if stale:
@@ -591,10 +704,29 @@ def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool) -> None:
     if resume and cfg_path.exists():
         saved = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
         diff = config.same_run_as(saved)
+        if diff == ["recipe"]:
+            raise TrainingError(recipe_mismatch(str(out_dir), saved.recipe, config.recipe))
         if diff:
             raise TrainingError(f"{out_dir} holds a run with different settings ({', '.join(diff)}); "
                                 "resume it with its own settings (see its config.json)")
-    write_text_atomic(cfg_path, config.to_json())
+    if write:
+        write_text_atomic(cfg_path, config.to_json())
+
+
+def recipe_mismatch(where: str, saved: str, asked: str) -> str:
+    return (f"{where} holds a run of --recipe {saved}; it cannot be resumed as --recipe {asked} (the setting "
+            f"recipe decides every stage and default): resume it with --recipe {saved}, or start a new run in "
+            "another folder")
+
+
+def _schedule_from_state(state: dict[str, Any]) -> Schedule:
+    """A checkpoint's schedule; those of version 1 (the fast recipe's three stages as
+    template_end, planned_total and canonical_fraction) too."""
+    if "names" in state:
+        return Schedule.from_state(state)
+    template, total = int(state["template_end"]), int(state["planned_total"])
+    canonical = template + int(round((total - template) * float(state["canonical_fraction"])))
+    return Schedule(["template", "canonical", "posed"], [template, canonical - template, total - canonical])
 
 
 def load_run_config(out_dir: str | Path) -> TrainConfig:
@@ -605,16 +737,32 @@ def load_run_config(out_dir: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(json.loads(path.read_text()))
 
 
+def resume_config(out_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The config of the run in `out_dir` with `overrides` (nested dicts merged into the
+    saved ones); resuming as another recipe is refused first, naming the setting."""
+    data = load_run_config(out_dir).to_dict()
+    asked = overrides.get("recipe")
+    if asked is not None and asked != data["recipe"]:
+        raise TrainingError(recipe_mismatch(str(out_dir), data["recipe"], str(asked)))
+    for key, value in overrides.items():
+        data[key] = dict(data[key], **value) if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    return TrainConfig.from_dict(data)
+
+
 def run_training(config: TrainConfig, out_dir: str | Path, progress_cb: ProgressCallback | None = None,
                  should_cancel: Callable[[], bool] | None = None, resume: bool = False,
-                 models: GuidanceModels | None = None) -> Path:
+                 models: GuidanceModels | None = None, parallel: Solo | None = None) -> Path:
     """Train an avatar into `out_dir` and return its avatar folder (see the module docstring).
-    Raises TrainingCancelled (after saving a checkpoint) when `should_cancel()` turns true."""
+    Raises TrainingCancelled (after saving a checkpoint) when `should_cancel()` turns true.
+    `parallel`: this rank of a view-parallel run (distributed.py; rank 0 alone writes)."""
     out_dir = Path(out_dir)
+    parallel = parallel or Solo()
     if not config.prompt.strip():
         raise TrainingError("a prompt is needed (what the avatar should look like)")
-    prepare_out_dir(config, out_dir, resume)
-    trainer = Trainer(config, out_dir, models=models, progress_cb=progress_cb, should_cancel=should_cancel)
+    prepare_out_dir(config, out_dir, resume, write=parallel.is_main)
+    parallel.barrier()
+    trainer = Trainer(config, out_dir, models=models, progress_cb=progress_cb, should_cancel=should_cancel,
+                      parallel=parallel)
     if resume and not trainer.resume():
         log.info("no checkpoint in %s; starting from the beginning", out_dir)
     if trainer.step_index >= trainer.schedule.planned_total and (out_dir / "avatar").exists():
@@ -623,4 +771,4 @@ def run_training(config: TrainConfig, out_dir: str | Path, progress_cb: Progress
 
 
 __all__ = ["Trainer", "TrainingCancelled", "TrainingError", "PhaseTimer", "run_training", "load_run_config",
-           "PHASES"]
+           "resume_config", "PHASES"]
