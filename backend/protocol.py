@@ -90,6 +90,7 @@ OPS: dict[str, dict[str, tuple[str, bool]]] = {
         "avatars": ("list", False), "objects": ("list", False), "passes": ("list", False),
         "dtype": ("str", False), "background": ("list", False), "slot": ("str", False),
         "flip_y": ("bool", False), "depth_empty": ("number", False), "rasterizer": ("str", False),
+        "color": ("str", False),
     },
     "export_ply": {"avatar": ("int", True), "path": ("str", True), "transforms": ("list", False),
                    "expression": ("list", False), "local_rotations": ("list", False)},
@@ -109,6 +110,8 @@ TRAIN_RECIPES = ("fast", "dreamwaltz-g")
 ``stage`` (the stage's name), ``stage_index`` (0-based) and ``stages`` (the stage names in order)."""
 
 RENDER_PASSES = ("rgba", "depth")
+CAMERA_MODELS = ("pinhole", "ortho")
+COLORS = ("srgb", "linear")
 FRAME_DTYPES = ("float32", "float16")
 RASTERIZERS = ("auto", "torch", "gsplat")
 NUM_JOINTS = 55

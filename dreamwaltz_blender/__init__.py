@@ -33,11 +33,12 @@ def register() -> None:
     reason = compat.unsupported_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    from . import create, engine, menus, paths, shape
+    from . import create, engine, menus, paths, shape, viewport
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     shape.register()
+    viewport.register()
     create.register()
     menus.register()
     paths.register()
@@ -48,12 +49,13 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import create, engine, menus, paths, session, shape
+    from . import create, engine, menus, paths, session, shape, viewport
 
     session.shutdown()
     paths.unregister()
     menus.unregister()
     create.unregister()
+    viewport.unregister()
     shape.unregister()
     for panel in engine.compatible_panels():
         panel.COMPAT_ENGINES.discard(engine.DreamWaltzRenderEngine.bl_idname)

@@ -3,7 +3,10 @@
 OpenCV form: world_to_camera maps Blender world points to a camera frame with x right, y down,
 z forward; K holds fx, fy, cx, cy in pixels with (0, 0) at the top-left corner of the image.
 Everything Blender does to the frame (lens, sensor fit, shift, pixel aspect, resolution
-percentage) is read from the camera's own view frame, so no case is re-derived by hand.
+percentage) is read from the camera's own view frame, and everything a 3D viewport does (its
+lens, camera view zoom and pan, orthographic views) from its projection matrix, so no case is
+re-derived by hand. Orthographic cameras keep the same form with `ortho` set: K then maps
+camera-space x, y (metres) to pixels without the division by z.
 """
 
 from __future__ import annotations
@@ -24,14 +27,20 @@ class CameraCV:
     height: int
     near: float
     far: float
+    ortho: bool = False
 
     def as_message(self) -> dict:
-        return {"world_to_camera": self.world_to_camera.tolist(), "K": self.K.tolist(),
-                "near": self.near, "far": self.far}
+        message = {"world_to_camera": self.world_to_camera.tolist(), "K": self.K.tolist(),
+                   "near": self.near, "far": self.far}
+        if self.ortho:
+            message["model"] = "ortho"
+        return message
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """(N, 3) world points -> (N, 3) pixel u, v and depth z."""
         p = np.c_[points, np.ones(len(points))] @ self.world_to_camera.T
+        if self.ortho:
+            return np.c_[p[:, :2] @ self.K[:2, :2].T + self.K[:2, 2], p[:, 2]]
         uv = p[:, :3] @ self.K.T
         return np.c_[uv[:, :2] / uv[:, 2:3], p[:, 2]]
 
@@ -78,25 +87,40 @@ def camera_to_opencv(scene: Any, camera_obj: Any, width: int | None = None, heig
     if width is None or height is None:
         width, height = render_size(scene)
     data = camera_obj.data
-    if data.type != "PERSP":
-        raise ValueError(f"camera {camera_obj.name!r} is {data.type.lower()}; DreamWaltz renders perspective cameras")
+    if data.type not in ("PERSP", "ORTHO"):
+        raise ValueError(f"camera {camera_obj.name!r} is {data.type.lower()}; DreamWaltz renders perspective and "
+                         "orthographic cameras")
+    ortho = data.type == "ORTHO"
     frame = [tuple(v) for v in data.view_frame(scene=scene)]
-    xs, ys, d = [v[0] for v in frame], [v[1] for v in frame], -frame[0][2]
+    xs, ys = [v[0] for v in frame], [v[1] for v in frame]
+    d = 1.0 if ortho else -frame[0][2]  # an orthographic frame's x, y are already metres
     xmin, xmax, ymin, ymax = min(xs), max(xs), min(ys), max(ys)
     K = np.array([[d * width / (xmax - xmin), 0.0, -xmin * width / (xmax - xmin)],
                   [0.0, d * height / (ymax - ymin), ymax * height / (ymax - ymin)],
                   [0.0, 0.0, 1.0]])
     w2c = BLENDER_TO_OPENCV @ _rigid_inverse(camera_obj.matrix_world)
-    return CameraCV(w2c, K, int(width), int(height), float(data.clip_start), float(data.clip_end))
+    return CameraCV(w2c, K, int(width), int(height), float(data.clip_start), float(data.clip_end), ortho)
 
 
-def view_to_opencv(region_3d: Any, width: int, height: int, lens: float, sensor: float,
-                   clip_start: float, clip_end: float) -> CameraCV:
-    """The viewport's own camera (Rendered shading without a camera view)."""
-    view = np.array(region_3d.view_matrix, dtype=np.float64)
-    f = lens / sensor * max(width, height)
-    K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
-    return CameraCV(BLENDER_TO_OPENCV @ view, K, width, height, clip_start, clip_end)
+def view_to_opencv(window_matrix: Any, view_matrix: Any, width: int, height: int) -> CameraCV:
+    """A 3D viewport's own camera from its OpenGL matrices (`region_3d.window_matrix`,
+    `view_matrix`) and region size: perspective, orthographic and camera views alike, with the
+    camera view's zoom, pan and lens shift, as Blender itself projects the scene there."""
+    P = np.array(window_matrix, dtype=np.float64)
+    ortho = abs(P[3, 3] - 1.0) < 1e-9 and abs(P[3, 2]) < 1e-12
+    w, h = float(width), float(height)
+    if ortho:
+        # ndc = P00 x_view + P03; camera x = view x, camera y = -view y, camera z = -view z
+        K = np.array([[P[0, 0] * w / 2, 0.0, (1 + P[0, 3]) * w / 2],
+                      [0.0, P[1, 1] * h / 2, (1 - P[1, 3]) * h / 2], [0.0, 0.0, 1.0]])
+        near, far = (P[2, 3] + 1) / P[2, 2], (P[2, 3] - 1) / P[2, 2]
+    else:
+        # ndc = (P00 x_view + P02 z_view) / -z_view
+        K = np.array([[P[0, 0] * w / 2, 0.0, (1 - P[0, 2]) * w / 2],
+                      [0.0, P[1, 1] * h / 2, (1 + P[1, 2]) * h / 2], [0.0, 0.0, 1.0]])
+        near, far = P[2, 3] / (P[2, 2] - 1), P[2, 3] / (P[2, 2] + 1)
+    w2c = BLENDER_TO_OPENCV @ np.array(view_matrix, dtype=np.float64)
+    return CameraCV(w2c, K, int(width), int(height), float(near), float(far), ortho)
 
 
 def apply_opencv(camera_obj: Any, scene: Any, world_to_camera: np.ndarray, K: np.ndarray,

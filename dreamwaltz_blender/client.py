@@ -746,14 +746,15 @@ class BackendClient:
     def render(self, *, camera: dict, width: int, height: int, avatars: Iterable[dict] = (),
                objects: Iterable[dict] = (), passes: Iterable[str] = ("rgba", "depth"), dtype: str = "float32",
                background: Any = None, slot: str = "frame", flip_y: bool = False, depth_empty: float | None = None,
-               rasterizer: str | None = None, copy: bool = True, out: dict[str, np.ndarray] | None = None,
-               timeout: float | None = None) -> dict:
+               rasterizer: str | None = None, color: str | None = None, copy: bool = True,
+               out: dict[str, np.ndarray] | None = None, timeout: float | None = None) -> dict:
         """Render a frame; returns the reply's fields with ``rgba`` (H, W, 4, premultiplied) and
         ``depth`` (H, W, 1) numpy arrays (see docs/protocol.md, op render)."""
         fields: dict[str, Any] = {"camera": camera, "width": int(width), "height": int(height),
                                   "avatars": list(avatars), "objects": list(objects), "passes": list(passes),
                                   "dtype": dtype, "slot": slot, "flip_y": bool(flip_y)}
-        for key, value in (("background", background), ("depth_empty", depth_empty), ("rasterizer", rasterizer)):
+        for key, value in (("background", background), ("depth_empty", depth_empty), ("rasterizer", rasterizer),
+                           ("color", color)):
             if value is not None:
                 fields[key] = value
         t0 = time.perf_counter()

@@ -178,3 +178,35 @@ def alpha_over_inputs(node: Any) -> tuple[Any, Any]:
     if uses_scene_tree():
         return node.inputs[1], node.inputs[2]  # "Fac", "Image" (background), "Image" (foreground)
     return node.inputs["Background"], node.inputs["Foreground"]
+
+
+# ---- scene composition (meshes by the user's engine, avatars by DreamWaltz) ----------------
+EEVEE_NEXT_NAME = (5, 0, 0)
+
+
+def eevee_engine() -> str:
+    """EEVEE's engine id: "BLENDER_EEVEE_NEXT" in 4.2-4.5, "BLENDER_EEVEE" again from 5.0."""
+    return "BLENDER_EEVEE_NEXT" if version() < EEVEE_NEXT_NAME else "BLENDER_EEVEE"
+
+
+def z_combine_inputs(node: Any) -> tuple[Any, Any, Any, Any]:
+    """(image A, depth A, image B, depth B) of a Z Combine node, which outputs the image of the
+    nearer depth; alpha mixing is switched off (it is a straight-alpha mix, wrong for
+    premultiplied renders: callers do the "over" themselves). A property in 4.2, a socket from
+    5.0, both in 4.5."""
+    if hasattr(node, "use_alpha"):
+        node.use_alpha = False
+        node.use_antialias_z = False
+    for name in ("Use Alpha", "Anti-Alias"):
+        socket = node.inputs.get(name)
+        if socket is not None:
+            socket.default_value = False
+    inputs = node.inputs
+    return inputs[0], inputs[1], inputs[2], inputs[3]
+
+
+def writes_depth(shader_info: Any) -> None:
+    """Declare that a fragment shader writes gl_FragDepth (`depth_write` from 4.5; OpenGL, all
+    4.2 has, needs no declaration)."""
+    if hasattr(shader_info, "depth_write"):
+        shader_info.depth_write("ANY")

@@ -1,9 +1,12 @@
-"""Plates: a video, image sequence or still behind the avatars, in the camera view and the compositor.
+"""The compositor: the avatars over a plate (a video, image sequence or still, also shown in the
+camera view), merged by depth with the scene's meshes when the scene renders with them.
 
-The avatar's render goes Alpha Over the plate; the view transform is Standard so the plate's
-pixels pass through unchanged. Where the compositor lives differs per Blender version
-(`compat.py`): the nodes are built in a fresh node group (5.x) or beside the user's own nodes in
-the scene's tree (4.x), and the previous plate's nodes go only once the new ones are complete.
+The render (or, with the meshes, the nearer of the scene's and the avatars' render with the
+other one behind it, `scene_composite.py`) goes Alpha Over the plate; with a plate the view
+transform is Standard so the plate's pixels pass through unchanged. Where the compositor lives
+differs per Blender version (`compat.py`): the nodes are built in a fresh node group (5.x) or
+beside the user's own nodes in the scene's tree (4.x), and the previous DreamWaltz nodes go only
+once the new ones are complete.
 """
 
 from __future__ import annotations
@@ -120,56 +123,126 @@ def _output(node: Any, name: str) -> Any:
 NODE_PREFIX = "DreamWaltz "
 
 
-def _add_plate_nodes(tree: Any, scene: Any, clip: Any) -> list[tuple[Any, str]]:
-    """Render Layers Alpha Over the plate, into the tree's output; returns the new nodes and
-    the names they are to have."""
-    from . import compat
-
+def _render_layers(tree: Any, scene: Any, location: tuple[float, float]) -> Any:
     layers: Any = tree.nodes.new("CompositorNodeRLayers")
     layers.scene = scene
-    layers.location = (-400, 200)
-    plate: Any = tree.nodes.new("CompositorNodeImage")
-    plate.image = plate_image(clip)
-    plate.frame_start, plate.frame_duration = clip.frame_start, max(int(clip.frame_duration), 1)
-    plate.frame_offset = _first_number(clip.filepath) - 1 if plate.image.source == "SEQUENCE" else 0
-    plate.use_cyclic, plate.use_auto_refresh = False, True
-    plate.location = (-400, -100)
-    over: Any = tree.nodes.new("CompositorNodeAlphaOver")
-    over.location = (0, 100)
-    background, foreground = compat.alpha_over_inputs(over)
+    layers.layer = scene.view_layers[0].name
+    layers.location = location
+    return layers
+
+
+def _over(tree: Any, background: Any, foreground: Any, location: tuple[float, float]) -> Any:
+    """Premultiplied foreground over background (Alpha Over's default)."""
+    from . import compat
+
+    node: Any = tree.nodes.new("CompositorNodeAlphaOver")
+    node.location = location
+    bg, fg = compat.alpha_over_inputs(node)
+    tree.links.new(background, bg)
+    tree.links.new(foreground, fg)
+    return node
+
+
+def _depth_merge(tree: Any, scene: Any, avatars: Any) -> tuple[Any, list[tuple[Any, str]]]:
+    """Per pixel the nearer of the scene's render and the avatars', over the other: both
+    "over"s are made and Z Combine keeps the one whose front layer is nearer."""
+    from . import compat
+
+    meshes = _render_layers(tree, scene, (-700, 300))
+    figures = _render_layers(tree, avatars, (-700, -50))
+    figures_front = _over(tree, _output(meshes, "Image"), _output(figures, "Image"), (-400, 300))
+    meshes_front = _over(tree, _output(figures, "Image"), _output(meshes, "Image"), (-400, 50))
+    nearer: Any = tree.nodes.new("CompositorNodeZcombine")
+    nearer.location = (-150, 200)
+    image_a, depth_a, image_b, depth_b = compat.z_combine_inputs(nearer)
     links: Any = tree.links
-    links.new(_output(plate, "Image"), background)
-    links.new(_output(layers, "Image"), foreground)
-    links.new(over.outputs[0], compat.output_socket(tree))
-    return [(layers, "Render Layers"), (plate, "Plate"), (over, "Alpha Over")]
+    links.new(figures_front.outputs[0], image_a)
+    links.new(_output(figures, "Depth"), depth_a)
+    links.new(meshes_front.outputs[0], image_b)
+    links.new(_output(meshes, "Depth"), depth_b)
+    return nearer.outputs[0], [(meshes, "Render Layers"), (figures, "Avatar Layers"), (figures_front, "Avatars Over"),
+                               (meshes_front, "Meshes Over"), (nearer, "Nearer")]
 
 
-def build_compositor(scene: Any, clip: Any) -> Any:
-    """The scene composites the avatars over the plate; returns the node tree."""
+def _add_plate_nodes(tree: Any, scene: Any, clip: Any) -> list[tuple[Any, str]]:
+    """The scene's render (merged by depth with its avatars' when it has a companion scene)
+    Alpha Over the plate (when there is one), into the tree's output; returns the new nodes and
+    the names they are to have."""
+    from . import compat
+    from .scene_composite import companion
+
+    avatars = companion(scene)
+    if avatars is not None:
+        image, nodes = _depth_merge(tree, scene, avatars)
+    else:
+        layers = _render_layers(tree, scene, (-400, 200))
+        image, nodes = _output(layers, "Image"), [(layers, "Render Layers")]
+    if clip is not None:
+        plate: Any = tree.nodes.new("CompositorNodeImage")
+        plate.image = plate_image(clip)
+        plate.frame_start, plate.frame_duration = clip.frame_start, max(int(clip.frame_duration), 1)
+        plate.frame_offset = _first_number(clip.filepath) - 1 if plate.image.source == "SEQUENCE" else 0
+        plate.use_cyclic, plate.use_auto_refresh = False, True
+        plate.location = (-400, -300)
+        over = _over(tree, _output(plate, "Image"), image, (100, 100))
+        image = over.outputs[0]
+        nodes += [(plate, "Plate"), (over, "Alpha Over")]
+    tree.links.new(image, compat.output_socket(tree))
+    return nodes
+
+
+def current_plate(scene: Any) -> Any:
+    """The movie clip of the plate behind the avatars in the scene's DreamWaltz compositor (None
+    without one)."""
     import bpy
 
     from . import compat
 
+    tree = compat.scene_compositor(scene)
+    if tree is None or not (compat.uses_scene_tree() or tree.name.startswith(TREE_NAME)):
+        return None
+    node = tree.nodes.get(NODE_PREFIX + "Plate")
+    image = getattr(node, "image", None)
+    if image is None:
+        return None
+    path = bpy.path.abspath(image.filepath, library=image.library)
+    return next((clip for clip in bpy.data.movieclips if clip.get(PLATE_KEY)
+                 and bpy.path.abspath(clip.filepath, library=clip.library) == path), None)
+
+
+KEEP = object()
+
+
+def build_compositor(scene: Any, clip: Any = KEEP) -> Any:
+    """The scene composites its render (merged with its avatars' by depth, when it renders with
+    its meshes) over `clip` (by default the plate it has, if any); returns the node tree."""
+    import bpy
+
+    from . import compat
+
+    if clip is KEEP:
+        clip = current_plate(scene)
     if compat.uses_scene_tree():
         tree = compat.scene_tree(scene)
         old = [n for n in tree.nodes if n.name.startswith(NODE_PREFIX)]
         new = _add_plate_nodes(tree, scene, clip)
         for node in old:
             tree.nodes.remove(node)
-        for node, name in new:
-            node.name = node.label = NODE_PREFIX + name
     else:
         previous = compat.scene_compositor(scene)
         tree = compat.new_compositor_group(TREE_NAME)
-        _add_plate_nodes(tree, scene, clip)
+        new = _add_plate_nodes(tree, scene, clip)
         compat.set_scene_compositor(scene, tree, previous)
         if previous is not None and previous.name.startswith(TREE_NAME) and previous.users == 0:
             bpy.data.node_groups.remove(previous)
         tree.name = TREE_NAME
+    for node, name in new:
+        node.name = node.label = NODE_PREFIX + name
     scene.render.use_compositing = True
-    scene.render.film_transparent = True
-    scene.view_settings.view_transform = "Standard"
-    scene.view_settings.look = "None"
+    if clip is not None:
+        scene.render.film_transparent = True
+        scene.view_settings.view_transform = "Standard"
+        scene.view_settings.look = "None"
     return tree
 
 

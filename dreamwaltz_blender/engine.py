@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from . import session
-from .camera import CameraCV, camera_to_opencv, crop_camera, render_region, render_size, view_to_opencv
+from .camera import CameraCV, camera_to_opencv, crop_camera, render_region, render_size
 from .paths import resolved_path
 from .rig import OBJECT_KEY, avatar_path, expression_values, is_avatar_rig, local_rotations, skinning_transforms
+from .scene_composite import shot_scene
 
 DEPTH_EMPTY = 1.0e10  # Blender's Z for "nothing here"
 
@@ -46,39 +47,29 @@ def scene_request(depsgraph: Any) -> tuple[list[dict], list[dict]]:
     return avatars, objects
 
 
-def render_camera(depsgraph: Any, camera: CameraCV) -> dict:
-    """One frame from the backend; `timing` in the reply says where the time went. The arrays
-    are views of shared memory (no copy), valid until the next frame: use them at once."""
+def render_camera(depsgraph: Any, camera: CameraCV, background: Any = None) -> dict:
+    """One frame from the backend, scene-linear (Gaussian colours are display sRGB values, as in
+    every 3DGS model trained on photos; Blender's Combined pass is scene-linear, so the Standard
+    view shows them unchanged); `timing` in the reply says where the time went. The arrays are
+    views of shared memory (no copy), valid until the next frame: use them at once."""
     t0 = time.perf_counter()
     avatars, objects = scene_request(depsgraph)
     t1 = time.perf_counter()
     reply = session.client().render(camera=camera.as_message(), width=camera.width, height=camera.height,
                                     avatars=avatars, objects=objects, passes=("rgba", "depth"),
-                                    flip_y=True, depth_empty=DEPTH_EMPTY, copy=False)
+                                    flip_y=True, depth_empty=DEPTH_EMPTY, color="linear", background=background,
+                                    copy=False)
     reply.setdefault("timing", {})["rig_ms"] = round((t1 - t0) * 1e3, 3)
     return reply
 
 
-def srgb_to_linear_premultiplied(rgba: np.ndarray) -> np.ndarray:
-    """Gaussian colours are display (sRGB) values, as in every 3DGS model trained on photos;
-    Blender's Combined pass is scene-linear. Convert so the Standard view shows them unchanged."""
-    out = rgba.copy()
-    alpha = np.clip(out[..., 3:4], 1e-8, 1.0)
-    c = np.clip(out[..., :3] / alpha, 0.0, 1.0)
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    out[..., :3] = lin * out[..., 3:4]
-    return out
-
-
-def _over_world(scene: Any, rgba: np.ndarray) -> np.ndarray:
-    """Opaque film: the world colour behind the avatars (transparent film keeps alpha)."""
+def world_background(scene: Any) -> list[float] | None:
+    """Opaque film: the world colour behind the avatars, which the backend composites (and then
+    alpha is 1); transparent film keeps alpha (None)."""
     if scene.render.film_transparent:
-        return rgba
-    world = np.array(scene.world.color if scene.world else (0.05, 0.05, 0.05), dtype=np.float32)
-    out = rgba.copy()
-    out[..., :3] += (1 - out[..., 3:4]) * world
-    out[..., 3] = 1.0
-    return out
+        return None
+    colour = scene.world.color if scene.world else (0.05, 0.05, 0.05)
+    return [float(c) for c in colour]
 
 
 def _engine_base() -> Any:
@@ -100,35 +91,41 @@ class DreamWaltzRenderEngine(_engine_base()):
             self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
 
     def render(self, depsgraph: Any) -> None:
+        start = time.perf_counter()
         scene = depsgraph.scene
-        width, height = render_size(scene)
+        shot = shot_scene(scene)  # the user's scene when this is its avatars' companion
+        width, height = render_size(shot)
         if self.test_break():
             return
-        if scene.camera is None:
+        if shot.camera is None:
             self.report({"ERROR"}, "DreamWaltz: the scene has no camera")
             return
         self.update_stats("", f"DreamWaltz: frame {scene.frame_current}, posing and rasterizing")
         try:
-            camera = camera_to_opencv(scene, scene.camera.evaluated_get(depsgraph), width, height)
-            region = render_region(scene, width, height)
+            camera = camera_to_opencv(shot, shot.camera.evaluated_get(depsgraph), width, height)
+            region = render_region(shot, width, height)
             if region is not None:  # Blender's result is the region's size, cropped or not
                 camera = crop_camera(camera, region)
                 width, height = camera.width, camera.height
-            reply = render_camera(depsgraph, camera)
+            reply = render_camera(depsgraph, camera, world_background(scene))
         except Exception as exc:  # one clear report; Blender shows it in the status bar
             self.report({"ERROR"}, f"DreamWaltz render failed: {exc}")
             raise
         t0 = time.perf_counter()
         result = self.begin_result(0, 0, width, height)
         layer = result.layers[0]
-        rgba = _over_world(scene, srgb_to_linear_premultiplied(reply["rgba"].astype(np.float32)))
+        rgba = reply["rgba"]
+        if not scene.render.film_transparent:  # over the world: opaque
+            rgba = rgba.copy()
+            rgba[..., 3] = 1.0
         # foreach_set copies in C; assigning `rect` walks a Python sequence (hundreds of ms at 1080p)
         layer.passes["Combined"].rect.foreach_set(rgba.reshape(-1))
         depth = layer.passes.find_by_name("Depth", "")
         if depth is not None:
-            depth.rect.foreach_set(reply["depth"].astype(np.float32).reshape(-1))
+            depth.rect.foreach_set(reply["depth"].reshape(-1))
         self.end_result(result)
         reply["timing"]["fill_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        reply["timing"]["engine_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         session.record_timing(reply["timing"])
         self.update_progress(1.0)
 
@@ -137,26 +134,16 @@ class DreamWaltzRenderEngine(_engine_base()):
         self.tag_redraw()
 
     def view_draw(self, context: Any, depsgraph: Any) -> None:
-        import gpu
-        from gpu_extras.presets import draw_texture_2d
+        from . import viewport
 
-        region, space = context.region, context.space_data
-        width, height = region.width, region.height
-        camera = view_to_opencv(context.region_data, width, height, space.lens, 72.0,
-                                space.clip_start, space.clip_end)
         try:
-            reply = render_camera(depsgraph, camera)
+            frame = viewport.rendered_frames().get(context.region.as_pointer(), depsgraph,
+                                                   viewport.region_camera(context.region, context.region_data))
         except Exception as exc:
             self.report({"ERROR"}, f"DreamWaltz viewport: {exc}")
             return
-        rgba = srgb_to_linear_premultiplied(reply["rgba"].astype(np.float32))
-        pixels = gpu.types.Buffer("FLOAT", width * height * 4, rgba.reshape(-1).tolist())  # pyright: ignore[reportCallIssue]
-        texture = gpu.types.GPUTexture((width, height), format="RGBA32F", data=pixels)  # pyright: ignore[reportCallIssue]
-        gpu.state.blend_set("ALPHA_PREMULT")
-        self.bind_display_space_shader(depsgraph.scene)
-        draw_texture_2d(texture, (0, 0), width, height)
-        self.unbind_display_space_shader()
-        gpu.state.blend_set("NONE")
+        session.record_timing(frame.timing)
+        viewport.draw_rendered(self, frame.data, depsgraph.scene)
 
 
 def compatible_panels() -> list[Any]:

@@ -107,7 +107,24 @@ class DREAMWALTZ_OT_add_avatar(_FromFile, bpy.types.Operator):
         arm.select_set(True)
         context.view_layer.objects.active = arm
         self.report({"INFO"}, f"added {name}: {meta['num_gaussians']:,} Gaussians on {rig['body_model']['name']}")
+        self._render_with_scene(context)
         return {"FINISHED"}
+
+    def _render_with_scene(self, context: Any) -> None:
+        """A scene with meshes renders them with the avatar (Render with Scene)."""
+        from . import scene_composite
+
+        scene = context.scene
+        if not scene_composite.scene_geometry(scene):
+            return
+        try:
+            engine = scene_composite.check(scene)
+        except scene_composite.SceneCompositeError as exc:
+            self.report({"WARNING"}, f"the avatar renders alone: {exc}")
+            return
+        scene_composite.keep(self.change, scene)
+        other = scene_composite.set_up(scene, engine)
+        self.report({"INFO"}, f"meshes render with {engine}, avatars with DreamWaltz (scene {other.name!r})")
 
 
 UP_AXES = (("AUTO", "Auto", "The convention of the file's format: -Y for .ply and .splat captures (COLMAP), "
@@ -268,15 +285,44 @@ class DREAMWALTZ_OT_export_ply(NeedsRig, _FromFile, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAMWALTZ_OT_use_engine(bpy.types.Operator):
-    """Render this scene with the DreamWaltz engine"""
+class DREAMWALTZ_OT_render_with_scene(Reporting, bpy.types.Operator):
+    """Render the scene's meshes with its own engine and the avatars with DreamWaltz, merged by depth in the compositor; each avatar's proxy casts its shadow"""
+
+    bl_idname = "dreamwaltz.render_with_scene"
+    bl_label = "Render with Scene"
+    bl_options = {"REGISTER", "UNDO"}
+    engine: EnumProperty(  # type: ignore[valid-type]
+        name="Meshes", default="SCENE",
+        items=[("SCENE", "Scene's Engine", "The scene's own render engine (EEVEE if it is DreamWaltz)"),
+               ("EEVEE", "EEVEE", "Render the meshes with EEVEE"),
+               ("CYCLES", "Cycles", "Render the meshes with Cycles")])
+
+    def apply(self, context: Any) -> set[str]:
+        from . import scene_composite
+
+        scene = context.scene
+        engine = scene_composite.check(scene, self.engine)
+        scene_composite.keep(self.change, scene)
+        other = scene_composite.set_up(scene, engine)
+        self.report({"INFO"}, f"meshes render with {engine}, avatars with DreamWaltz (scene {other.name!r}), "
+                              "merged by depth; motion blur is off")
+        return {"FINISHED"}
+
+
+class DREAMWALTZ_OT_use_engine(Reporting, bpy.types.Operator):
+    """Render this scene with the DreamWaltz engine (the Gaussians alone: a scene set to render with its meshes goes back to that)"""
 
     bl_idname = "dreamwaltz.use_engine"
     bl_label = "Use DreamWaltz Renderer"
     bl_options = {"REGISTER", "UNDO"}
 
-    def execute(self, context: Any) -> set[str]:
-        context.scene.render.engine = "DREAMWALTZ"
+    def apply(self, context: Any) -> set[str]:
+        from . import scene_composite
+
+        scene = context.scene
+        scene_composite.keep(self.change, scene)
+        scene_composite.tear_down(scene)
+        scene.render.engine = "DREAMWALTZ"
         context.view_layer.use_pass_z = True
         return {"FINISHED"}
 
@@ -377,6 +423,6 @@ class DREAMWALTZ_OT_setup_backend(bpy.types.Operator):
 
 CLASSES = (DREAMWALTZ_OT_add_avatar, DREAMWALTZ_OT_import_ply, DREAMWALTZ_OT_import_motion,
            DREAMWALTZ_OT_setup_plate, DREAMWALTZ_OT_import_reenactment, DREAMWALTZ_OT_export_ply,
-           DREAMWALTZ_OT_use_engine,
+           DREAMWALTZ_OT_render_with_scene, DREAMWALTZ_OT_use_engine,
            DREAMWALTZ_OT_restart_backend, DREAMWALTZ_OT_setup_backend)
 __all__ = ["CLASSES", "NeedsRig", "active_rig", "AVATAR_KEY"]

@@ -148,11 +148,24 @@ class DREAMWALTZ_PT_render(_Tab, bpy.types.Panel):
     bl_label = "Render & Composite"
 
     def draw(self, context: Any) -> None:
+        from .scene_composite import companion
+        from .viewport import overlay_error
+
         layout = self.ui()
-        if context.scene.render.engine != "DREAMWALTZ":
+        scene = context.scene
+        avatars = companion(scene)
+        if avatars is not None:
+            layout.label(text=f"Meshes: {scene.render.engine.replace('BLENDER_', '').title()}, "
+                              f"avatars: DreamWaltz ({avatars.name})", icon="SCENE_DATA")
+        elif scene.render.engine != "DREAMWALTZ":
             layout.operator("dreamwaltz.use_engine", icon="RENDER_STILL")
+        layout.operator("dreamwaltz.render_with_scene", icon="SCENE_DATA")
         layout.operator("dreamwaltz.setup_plate", icon="FILE_MOVIE")
         layout.operator("dreamwaltz.import_reenactment", icon="CAMERA_DATA")
+        layout.prop(scene.dreamwaltz_viewport, "overlay")
+        error = overlay_error()
+        if error:
+            layout.label(text=f"Overlay stopped: {error}"[:120], icon="ERROR")
         client = session._state["client"]
         box = layout.box()
         if client is not None and client.hello:

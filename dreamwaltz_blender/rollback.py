@@ -134,6 +134,8 @@ class Change:
         self.on_undo(lambda: compat.restore_compositor(scene, snapshot))
         if compat.uses_scene_tree() and scene.node_tree is not None:
             self.keep_nodes(scene.node_tree)
+        elif compat.uses_scene_tree():  # a tree made now cannot be deleted (4.x): it is left empty
+            self.on_undo(lambda: scene.node_tree.nodes.clear() if scene.node_tree is not None else None)
         for layer in scene.view_layers:
             self.keep(layer)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The version matrix: the add-on's smoke flow (tests marked `versions`) on every Blender in
+# The version matrix: the add-on's smoke flow and the scene tests (tests marked `versions`) on every Blender in
 # scripts/blender_versions.txt, each a bpy wheel in its own virtual environment under
 # .cache/blender/<version>/; the .venv's Blender 5.0 runs them with the rest of the suite.
 #
@@ -96,7 +96,7 @@ run_tests() {
     echo "== smoke flow on Blender $v"
     start=$(date +%s)
     if DREAMWALTZ_TEST_BLENDER="$ROOT/$v/bin/python" .venv/bin/python -m pytest -q -m versions \
-        tests/test_blender_versions.py tests/test_build_addon.py; then
+        tests/test_blender_versions.py tests/test_build_addon.py tests/test_blender_render_with_scene.py; then
       STATUS[$v]=passed
     else
       STATUS[$v]=FAILED; failed=1

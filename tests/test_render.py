@@ -92,6 +92,7 @@ def brute_force(g: GaussianSet, cam: Camera, background=None, with_done=False):
         x, y, z = mc
         if z < cam.near or z > cam.far or opac[i] < 1 / 255:
             continue
+        ortho = getattr(cam, "model", "pinhole") == "ortho"
         q = quats[i] / np.linalg.norm(quats[i])
         w, v = q[0], q[1:]
         vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
@@ -104,11 +105,13 @@ def brute_force(g: GaussianSet, cam: Camera, background=None, with_done=False):
         tx = z * min(lxp, max(-lxn, x / z))
         ty = z * min(lyp, max(-lyn, y / z))
         J = np.array([[fx / z, 0, -fx * tx / z**2], [0, fy / z, -fy * ty / z**2]])
+        if ortho:
+            J = np.array([[fx, 0, 0], [0, fy, 0]])
         c2 = J @ cov @ J.T + 0.3 * np.eye(2)
         if np.linalg.det(c2) <= 0:
             continue
         conic = np.linalg.inv(c2)
-        mx, my = fx * x / z + cx, fy * y / z + cy
+        mx, my = (fx * x + cx, fy * y + cy) if ortho else (fx * x / z + cx, fy * y / z + cy)
         e = min(3.33, math.sqrt(2 * math.log(opac[i] * 255)))
         rx, ry = math.ceil(e * math.sqrt(c2[0, 0])), math.ceil(e * math.sqrt(c2[1, 1]))
         if rx <= 0 or ry <= 0 or mx + rx <= 0 or mx - rx >= W or my + ry <= 0 or my - ry >= H:
@@ -299,6 +302,47 @@ def test_matches_an_independent_brute_force_implementation(tile_size, chunk, seg
     assert np.abs(out.rgb.numpy() - rgb).max() < 1e-9
     assert np.abs(out.alpha.numpy() - alpha).max() < 1e-9
     assert np.abs(out.depth.numpy() - depth).max() < 1e-7
+
+
+def ortho_camera() -> Camera:
+    """Orthographic: 40 and 32 pixels per metre, off-centre, a near plane behind the camera."""
+    base = odd_camera()
+    K = np.array([[40.0, 0.0, 29.1], [0.0, 32.0, 24.2], [0.0, 0.0, 1.0]])
+    return Camera(world_to_camera=base.world_to_camera, K=K, width=61, height=47, near=-2.0, far=6.0, model="ortho")
+
+
+def test_orthographic_camera_matches_the_brute_force_reference():
+    cam = ortho_camera()
+    rng = np.random.default_rng(4)
+    n = 160
+    pc = np.stack([(rng.uniform(-5, 66, n) - 29.1) / 40.0, (rng.uniform(-5, 52, n) - 24.2) / 32.0,
+                   rng.uniform(-3.0, 7.0, n)], 1)  # some before near (-2) and past far (6)
+    c2w = np.linalg.inv(np.asarray(cam.world_to_camera))
+    g = make_set(pc @ c2w[:3, :3].T + c2w[:3, 3], quats=rng.normal(size=(n, 4)),
+                 scales=np.exp(rng.uniform(np.log(0.01), np.log(0.12), (n, 3))), opacities=rng.uniform(0.05, 0.98, n),
+                 colors=rng.uniform(0, 1, (n, 3)), dtype=torch.float64)
+    rgb, alpha, depth = brute_force(g, cam, [0.2, 0.4, 0.1])
+    out = rasterize(g, cam, backend="torch", background=torch.tensor([0.2, 0.4, 0.1], dtype=torch.float64))
+    assert alpha.max() > 0.9 and (depth[alpha > 0.5] < 0).any(), "the scene covers pixels, some behind the camera"
+    assert np.abs(out.rgb.numpy() - rgb).max() < 1e-9
+    assert np.abs(out.alpha.numpy() - alpha).max() < 1e-9
+    assert np.abs(out.depth.numpy() - depth).max() < 1e-7
+
+
+def test_orthographic_projection_ignores_depth():
+    cam = ortho_camera()
+    c2w = np.linalg.inv(np.asarray(cam.world_to_camera))
+    pts = np.array([[0.25, -0.5, d] for d in (-1.0, 0.5, 4.0)]) @ c2w[:3, :3].T + c2w[:3, 3]
+    uv, z = cam.project(pts)
+    np.testing.assert_allclose(uv, [[29.1 + 10.0, 24.2 - 16.0]] * 3, atol=1e-9)
+    np.testing.assert_allclose(z, [-1.0, 0.5, 4.0], atol=1e-9)
+    single = make_set(pts[1:2], scales=0.1, opacities=0.99)
+    a = rasterize(single, cam, backend="torch").alpha[..., 0].numpy()
+    assert np.unravel_index(a.argmax(), a.shape) == (8, 39), "the Gaussian lands on pixel (39, 8)"
+    with pytest.raises(RenderError, match="model"):
+        Camera(cam.world_to_camera, cam.K, 8, 8, model="fisheye").validate()
+    with pytest.raises(RenderError, match="near < far"):
+        Camera(cam.world_to_camera, cam.K, 8, 8, near=1.0, far=-1.0, model="ortho").validate()
 
 
 def test_float32_close_to_float64_reference():

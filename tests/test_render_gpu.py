@@ -105,6 +105,22 @@ def test_gsplat_matches_torch_reference(gsplat_ready, cam_fn, seed, bg):
     assert s["depth_rel_mean"] < 1e-3, s
 
 
+def test_gsplat_orthographic_matches_torch_reference(gsplat_ready):
+    """camera_model="ortho" in gsplat and the reference's orthographic path draw the same image
+    (the near plane behind the camera, as Blender's orthographic viewports have it)."""
+    base = cam_nonsquare()
+    cam = Camera(base.world_to_camera, np.array([[60.0, 0, 121.3], [0, 55.0, 101.6], [0, 0, 1]]), 256, 192,
+                 near=-3.0, far=8.0, model="ortho")
+    g = random_scene(2000, base, 7)
+    ref = rasterize(g, cam, backend="torch")
+    out = rasterize(g, cam, backend="gsplat")
+    s = compare(out, ref)
+    print("ortho", s)
+    assert s["covered"] > 0.3, s
+    assert s["rgb_mean"] < 1e-3 and s["rgb_max"] < 2e-2, s
+    assert s["alpha_mean"] < 1e-3 and s["alpha_max"] < 1e-2, s
+
+
 def test_auto_uses_gsplat_on_cuda(gsplat_ready):
     assert available_backends() == ["gsplat", "torch"]
     cam = cam_look_at()

@@ -269,6 +269,44 @@ def test_render_slot_reuse_flip_dtype_and_passes(server, avatar):
     assert len(released) >= 3 and not shm_entries(server.prefix)
 
 
+def test_render_linear_color_and_orthographic_camera(server, avatar, small_avatar):
+    """`color: "linear"` turns the avatar's display colours into scene-linear ones (premultiplied,
+    edges keep their alpha); `camera.model: "ortho"` draws through an orthographic camera, its
+    near plane behind the camera allowed."""
+    import torch
+
+    from backend.avatar import pose_with_transforms
+    from backend.render import Camera, rasterize
+
+    W, H = 48, 40
+    cam = front_camera(W, H)
+    items = [{"avatar": avatar["avatar"], "transforms": identity_transforms()}]
+    srgb = read_array(server.ok("render", width=W, height=H, camera=cam, avatars=items, slot="c1")["arrays"]["rgba"])
+    lin = read_array(server.ok("render", width=W, height=H, camera=cam, avatars=items, color="linear",
+                               slot="c2")["arrays"]["rgba"])
+    np.testing.assert_array_equal(lin[..., 3], srgb[..., 3])
+    a = srgb[..., 3:]
+    c = np.clip(srgb[..., :3] / np.maximum(a, 1e-12), 0, 1)
+    expected = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) * a
+    np.testing.assert_allclose(lin[..., :3], expected, atol=2e-6)
+    assert (lin[..., :3] < srgb[..., :3] - 1e-3).any(), "mid-tones get darker in linear"
+
+    K = [[16.0, 0.0, W / 2], [0.0, 16.0, H / 2], [0.0, 0.0, 1.0]]  # 16 pixels per metre
+    ortho = dict(cam, K=K, near=-5.0, far=50.0, model="ortho")
+    r = server.ok("render", width=W, height=H, camera=ortho, avatars=items, slot="c3")
+    got = read_array(r["arrays"]["rgba"])
+    with torch.no_grad():
+        g = pose_with_transforms(small_avatar, torch.as_tensor(np.tile(np.eye(4), (55, 1, 1)), dtype=torch.float32))
+        ref = rasterize(g, Camera(np.array(cam["world_to_camera"]), np.array(K), W, H, -5.0, 50.0, model="ortho"),
+                        backend="torch").numpy()
+    np.testing.assert_allclose(got[..., 3:], ref["alpha"], atol=1e-5)
+    assert ref["alpha"].max() > 0.9
+    for bad in (dict(cam, model="fisheye"), dict(ortho, near=2.0, far=1.0), dict(cam, near=-1.0)):
+        assert server.error("render", width=W, height=H, camera=bad, slot="c3")["code"] == "bad_request", bad
+    assert server.error("render", width=W, height=H, camera=cam, color="rec709", slot="c3")["code"] == "bad_request"
+    server.ok("release", all=True)
+
+
 def test_render_empty_scene_and_errors(server, avatar):
     cam = front_camera(16, 8)
     r = server.ok("render", width=16, height=8, camera=cam, slot="e")

@@ -9,7 +9,10 @@ Conventions (the single source of truth for ``backend.render``):
   point ``(x, y, z)`` projects to ``u = fx * x / z + cx``, ``v = fy * y / z + cy`` in those
   continuous pixel coordinates, so ``cx = width / 2, cy = height / 2`` is the exact image
   centre (the corner shared by the four middle pixels of an even-sized image).
-* **Depth** is camera-space z (distance along the optical axis, not along the ray).
+* **Depth** is camera-space z (distance along the optical axis, not along the ray), which is
+  Blender's Z pass convention too.
+* **Orthographic cameras** (``model="ortho"``) project ``u = fx * x + cx``, ``v = fy * y + cy``:
+  fx, fy are pixels per world unit; their near plane may lie behind the camera (z < 0).
 * Gaussian quaternions are ``wxyz`` (gsplat's order); scales are linear standard
   deviations along the Gaussian's local axes; opacities lie in ``[0, 1]``; colours are
   linear RGB.
@@ -24,6 +27,8 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..protocol import CAMERA_MODELS
 
 ArrayLike = Union[Tensor, np.ndarray]
 
@@ -161,7 +166,7 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
 
 @dataclass
 class Camera:
-    """A pinhole camera in OpenCV form (x right, y down, z forward).
+    """A pinhole (or orthographic) camera in OpenCV form (x right, y down, z forward).
 
     world_to_camera (4,4) maps world points to camera space; K (3,3) holds fx, fy, cx, cy
     in pixels with pixel centres at +0.5 (see the module docstring). Gaussians whose
@@ -174,6 +179,11 @@ class Camera:
     height: int
     near: float = 0.01
     far: float = 1000.0
+    model: str = "pinhole"
+
+    @property
+    def is_ortho(self) -> bool:
+        return self.model == "ortho"
 
     def validate(self) -> None:
         w2c = _as_numpy(self.world_to_camera)
@@ -188,7 +198,11 @@ class Camera:
             raise RenderError(f"Camera focal lengths must be positive, got fx={k[0, 0]}, fy={k[1, 1]}")
         if int(self.width) != self.width or int(self.height) != self.height or self.width <= 0 or self.height <= 0:
             raise RenderError(f"Camera size must be positive integers, got {self.width}x{self.height}")
-        if not (0 < self.near < self.far):
+        if self.model not in CAMERA_MODELS:
+            raise RenderError(f"Camera.model must be one of {list(CAMERA_MODELS)}, got {self.model!r}")
+        if self.is_ortho and not self.near < self.far:
+            raise RenderError(f"an orthographic Camera needs near < far, got near={self.near}, far={self.far}")
+        if not self.is_ortho and not 0 < self.near < self.far:
             raise RenderError(f"Camera needs 0 < near < far, got near={self.near}, far={self.far}")
 
     # ---- construction -----------------------------------------------------------------
@@ -283,21 +297,23 @@ class Camera:
     def project(self, points: ArrayLike):
         """Project world points (...,3) to pixels: returns (uv (...,2), z (...)).
 
-        uv uses the +0.5 pixel-centre convention; z is camera-space depth. Points with
-        z <= 0 get meaningless uv (check z). Tensor in, Tensor out; otherwise numpy.
+        uv uses the +0.5 pixel-centre convention; z is camera-space depth. Through a pinhole,
+        points with z <= 0 get meaningless uv (check z). Tensor in, Tensor out; otherwise numpy.
         """
         pc = self.to_camera(points)
         if isinstance(pc, Tensor):
             k = self.intrinsics(pc.device, pc.dtype)
             z = pc[..., 2]
-            u = k[0, 0] * pc[..., 0] / z + k[0, 2]
-            v = k[1, 1] * pc[..., 1] / z + k[1, 2]
+            scale = torch.ones_like(z) if self.is_ortho else 1.0 / z
+            u = k[0, 0] * pc[..., 0] * scale + k[0, 2]
+            v = k[1, 1] * pc[..., 1] * scale + k[1, 2]
             return torch.stack([u, v], -1), z
         k = _as_numpy(self.K)
         z = pc[..., 2]
         with np.errstate(divide="ignore", invalid="ignore"):
-            u = k[0, 0] * pc[..., 0] / z + k[0, 2]
-            v = k[1, 1] * pc[..., 1] / z + k[1, 2]
+            scale = np.ones_like(z) if self.is_ortho else 1.0 / z
+            u = k[0, 0] * pc[..., 0] * scale + k[0, 2]
+            v = k[1, 1] * pc[..., 1] * scale + k[1, 2]
         return np.stack([u, v], -1), z
 
 
@@ -327,3 +343,22 @@ class RenderOutput:
 
     def numpy(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k).detach().cpu().numpy() for k in ("rgb", "alpha", "depth")}
+
+
+def srgb_to_linear(rgb: Tensor, alpha: Tensor | None = None) -> Tensor:
+    """Display (sRGB-encoded) colour to scene-linear, the space Blender's Combined pass holds.
+    With `alpha` (H, W, 1), `rgb` is premultiplied: the colour is un-premultiplied, converted and
+    premultiplied again, so edges keep their coverage; only the box around what is drawn is
+    converted (the rest is transparent black)."""
+    if alpha is None:
+        c = rgb.clamp(0.0, 1.0)
+        return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    out = torch.zeros_like(rgb)
+    covered = alpha[..., 0] > 0
+    rows, cols = covered.any(1).nonzero(), covered.any(0).nonzero()
+    if len(rows) == 0:
+        return out
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    a = alpha[box]
+    out[box] = srgb_to_linear(rgb[box] / a.clamp_min(1e-12)) * a
+    return out

@@ -93,6 +93,9 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
     """Set i through camera i, all in one gsplat call; outputs (C, H, W, k) (depth zeros
     unless `depth`)."""
     first = sets[0]
+    models = {c.model for c in cameras}
+    if len(models) != 1:
+        raise RenderError(f"one gsplat call draws one camera model; got {sorted(models)}")
     if first.means.device.type != "cuda":
         raise RenderError(f"the gsplat backend needs CUDA tensors, got Gaussians on {first.means.device}")
     gsplat = load_gsplat()
@@ -132,6 +135,7 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
         backgrounds=bg,
         packed=False,
         sh_degree=sh_degree,
+        camera_model=cam.model,
     )
     colors = colors[:, 0].to(dtype)
     alpha = alphas[:, 0].to(dtype)

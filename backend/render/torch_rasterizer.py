@@ -1,14 +1,15 @@
 """Pure-PyTorch reference rasterizer for 3D Gaussians (any device, differentiable).
 
-It follows gsplat 1.5.3's classic pinhole path (``rasterization(..., rasterize_mode=
-"classic", render_mode="RGB+ED", eps2d=0.3)``) step by step, read from its CUDA source
-(``ProjectionEWA3DGSFused.cu``, ``IntersectTile.cu``, ``RasterizeToPixels3DGSFwd.cu``):
+It follows gsplat 1.5.3's classic path (``rasterization(..., rasterize_mode="classic",
+render_mode="RGB+ED", eps2d=0.3)``, camera model pinhole or ortho) step by step, read from its
+CUDA source (``ProjectionEWA3DGSFused.cu``, ``IntersectTile.cu``, ``RasterizeToPixels3DGSFwd.cu``):
 
 * Projection (EWA): covariance ``R S S^T R^T`` from the normalised wxyz quaternion; camera
   space via world_to_camera; Gaussians whose centre has ``z < near`` or ``z > far`` are
   culled; 2D covariance ``J C J^T`` with the pinhole Jacobian evaluated at the centre,
   whose x/z and y/z are clamped to 1.3x the field of view (gsplat's ``persp_proj``); then
-  ``+0.3`` on the diagonal (eps2d); ``det <= 0`` is culled; conic = inverse 2D covariance.
+  ``+0.3`` on the diagonal (eps2d) (orthographic: the Jacobian is ``diag(fx, fy)``, gsplat's
+  ``ortho_proj``); ``det <= 0`` is culled; conic = inverse 2D covariance.
 * Opacity below 1/255 is culled. Screen extent: gsplat 1.5.3's opacity-aware tight box,
   ``r_x = ceil(e * sqrt(cov_xx))``, ``r_y = ceil(e * sqrt(cov_yy))`` with
   ``e = min(3.33, sqrt(2 ln(255 * opacity)))``; boxes entirely off the image are culled.
@@ -112,25 +113,12 @@ def project_gaussians(g: GaussianSet, camera: Camera):
     RvM = Rv @ M  # camera-space R S
     cov_c = RvM @ RvM.transpose(1, 2)  # (M,3,3)
 
-    tan_fovx = 0.5 * W / fx
-    tan_fovy = 0.5 * H / fy
-    lim_x_pos = (W - cx) / fx + 0.3 * tan_fovx
-    lim_x_neg = cx / fx + 0.3 * tan_fovx
-    lim_y_pos = (H - cy) / fy + 0.3 * tan_fovy
-    lim_y_neg = cy / fy + 0.3 * tan_fovy
-    rz = 1.0 / z
-    tx = z * torch.clamp(x * rz, min=-lim_x_neg, max=lim_x_pos)
-    ty = z * torch.clamp(y * rz, min=-lim_y_neg, max=lim_y_pos)
-    zero = torch.zeros_like(z)
-    J = torch.stack(
-        [fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], -1
-    ).reshape(-1, 2, 3)
+    J, means2d = (_ortho_jacobian if camera.is_ortho else _pinhole_jacobian)(x, y, z, fx, fy, cx, cy, W, H)
     cov2d = J @ cov_c @ J.transpose(1, 2)
     a = cov2d[:, 0, 0] + EPS2D
     b = 0.5 * (cov2d[:, 0, 1] + cov2d[:, 1, 0])
     c = cov2d[:, 1, 1] + EPS2D
     det = a * c - b * b
-    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], -1)
     opac = g.opacities[ids]
 
     with torch.no_grad():
@@ -153,6 +141,32 @@ def project_gaussians(g: GaussianSet, camera: Camera):
         "opacities": opac[sel],
         "radii": torch.stack([rx[sel], ry[sel]], -1).to(torch.int64),
     }
+
+
+def _pinhole_jacobian(x, y, z, fx, fy, cx, cy, W, H) -> tuple[Tensor, Tensor]:
+    """(M,2,3) Jacobian at each centre (x/z, y/z clamped to 1.3x the field of view, as gsplat's
+    persp_proj) and (M,2) projected centres."""
+    tan_fovx = 0.5 * W / fx
+    tan_fovy = 0.5 * H / fy
+    lim_x_pos = (W - cx) / fx + 0.3 * tan_fovx
+    lim_x_neg = cx / fx + 0.3 * tan_fovx
+    lim_y_pos = (H - cy) / fy + 0.3 * tan_fovy
+    lim_y_neg = cy / fy + 0.3 * tan_fovy
+    rz = 1.0 / z
+    tx = z * torch.clamp(x * rz, min=-lim_x_neg, max=lim_x_pos)
+    ty = z * torch.clamp(y * rz, min=-lim_y_neg, max=lim_y_pos)
+    zero = torch.zeros_like(z)
+    J = torch.stack(
+        [fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], -1
+    ).reshape(-1, 2, 3)
+    return J, torch.stack([fx * x * rz + cx, fy * y * rz + cy], -1)
+
+
+def _ortho_jacobian(x, y, z, fx, fy, cx, cy, W, H) -> tuple[Tensor, Tensor]:
+    """gsplat's ortho_proj: a constant Jacobian diag(fx, fy) and u = fx x + cx, v = fy y + cy."""
+    zero, one = torch.zeros_like(z), torch.ones_like(z)
+    J = torch.stack([fx * one, zero, zero, zero, fy * one, zero], -1).reshape(-1, 2, 3)
+    return J, torch.stack([fx * x + cx, fy * y + cy], -1)
 
 
 @torch.no_grad()

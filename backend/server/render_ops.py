@@ -30,11 +30,16 @@ def parse_camera(camera: dict, width: int, height: int) -> Any:
     for name, v in (("near", near), ("far", far)):
         if not P.type_ok(v, "number"):
             raise P.ProtocolError(P.BAD_REQUEST, f"camera.{name} must be a finite number")
+    model = camera.get("model", "pinhole")
+    if model not in P.CAMERA_MODELS:
+        raise P.ProtocolError(P.BAD_REQUEST, f"camera.model must be one of {list(P.CAMERA_MODELS)}; got {str(model)[:20]!r}")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise P.ProtocolError(P.BAD_REQUEST, f"camera.K needs positive focal lengths; got fx={K[0, 0]}, fy={K[1, 1]}")
-    if not 0 < near < far:
+    if model == "ortho" and not near < far:
+        raise P.ProtocolError(P.BAD_REQUEST, f"an orthographic camera needs near < far; got near={near}, far={far}")
+    if model == "pinhole" and not 0 < near < far:
         raise P.ProtocolError(P.BAD_REQUEST, f"camera needs 0 < near < far; got near={near}, far={far}")
-    return Camera(world_to_camera=w2c, K=K, width=width, height=height, near=float(near), far=float(far))
+    return Camera(world_to_camera=w2c, K=K, width=width, height=height, near=float(near), far=float(far), model=model)
 
 
 def transform_gaussians(g: Any, matrix: np.ndarray) -> Any:
@@ -117,6 +122,7 @@ def gather_gaussians(services: Services, msg: dict) -> tuple[Any, int]:
 
 def render_frame(services: Services, pool: ShmPool, msg: dict) -> dict:
     from ..render import rasterize
+    from ..render.core import srgb_to_linear
 
     t0 = time.perf_counter()
     width, height = msg["width"], msg["height"]
@@ -140,6 +146,9 @@ def render_frame(services: Services, pool: ShmPool, msg: dict) -> dict:
     if msg.get("background") is not None:
         background = torch.as_tensor(_matrix(msg["background"], (3,), "background"), dtype=torch.float32,
                                      device=services.device)
+    color = msg.get("color") or "srgb"
+    if color not in P.COLORS:
+        raise P.ProtocolError(P.BAD_REQUEST, f"color must be one of {list(P.COLORS)}; got {color[:20]!r}")
     depth_empty = float(msg.get("depth_empty", 0.0) or 0.0)
     if not math.isfinite(depth_empty) or abs(depth_empty) > FLOAT32_MAX:
         raise P.ProtocolError(P.BAD_REQUEST, f"depth_empty must be a finite float32 (at most {FLOAT32_MAX:.4g} "
@@ -148,7 +157,11 @@ def render_frame(services: Services, pool: ShmPool, msg: dict) -> dict:
 
     gaussians, count = gather_gaussians(services, msg)
     t1 = time.perf_counter()
-    out = rasterize(gaussians, camera, backend=rasterizer, background=background)
+    out = rasterize(gaussians, camera, backend=rasterizer, background=None if color == "linear" else background)
+    if color == "linear":  # convert the Gaussians' colour, then put the (linear) background under it
+        out.rgb = srgb_to_linear(out.rgb, out.alpha)
+        if background is not None:
+            out.rgb = out.rgb + (1.0 - out.alpha) * background
     if services.device.type == "cuda":
         torch.cuda.synchronize(services.device)
     t2 = time.perf_counter()
