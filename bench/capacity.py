@@ -49,6 +49,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -250,11 +251,13 @@ def evaluate(trainer: Trainer, sets: list[EvalSet]) -> dict[str, dict[str, float
                 renders.append((r.rgb[0], r.alpha[0]))
         else:
             avatar = trainer.avatar()
+            dev = trainer.device
             for v in s.views:
-                gs = pose_with_transforms(avatar, v.transforms, None, v.rotations)
-                r = rasterize(gs, v.camera, backend=trainer.config.rasterizer, background=v.background)
+                gs = pose_with_transforms(avatar, v.transforms.to(dev), None, v.rotations.to(dev))
+                r = rasterize(gs, v.camera, backend=trainer.config.rasterizer, background=v.background.to(dev))
                 renders.append((r.rgb, r.alpha))
-        out[s.name] = score(renders, s.views)
+        out[s.name] = score([(rgb.to(v.rgb.device), alpha.to(v.rgb.device)) for (rgb, alpha), v in
+                             zip(renders, s.views)], s.views)
     return out
 
 
@@ -348,7 +351,7 @@ def run_recipe(recipe: str, size: Size, target: ClothedTarget, sets: list[EvalSe
     except Exception as exc:  # noqa: BLE001 - a recipe that fails is a result: the table says where and why
         result["error"] = (f"in stage {current} at iteration {trainer.step_index}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
-        log(f"{recipe} FAILED {result['error']}")
+        log(f"{recipe} FAILED {result['error']}\n" + traceback.format_exc())
     finally:
         trainer.close()
     result["done"] = True
@@ -409,7 +412,8 @@ def table(results: dict[str, dict[str, Any]], target_info: dict[str, Any], size_
                            fmt(results[r]["rows"][-1]["metrics"].get(set_name, {}).get(key)))
             row.append(target_info["alone"][set_name].get(key, "-"))
             body.append(row)
-    body.append(["Gaussians at the end"] + [str(results[r]["rows"][-1]["gaussians"]) for r in recipes]
+    body.append(["Gaussians at the end"] + [str(results[r]["rows"][-1]["gaussians"]) if results[r]["rows"] else "-"
+                                            for r in recipes]
                 + [str(target_info["gaussians"])])
     body.append(["iterations x views"] + [f"{sum(x['iterations'] for x in results[r]['rows'])} x "
                                           f"{results[r]['views_per_iteration']}" for r in recipes] + ["-"])

@@ -88,7 +88,7 @@ def test_missing_weights_say_what_to_download(tmp_path, monkeypatch, tiny_dir):
 def test_sds_gradient_is_the_weighted_cfg_residual(models):
     sds = SDSGuidance(models, "a chef dressed in white", SDSConfig(guidance_scale=7.5))
     latents = torch.randn(2, 4, 8, 8, requires_grad=True)
-    sds.encode = lambda images: latents  # inject a leaf to read dloss/dlatents
+    sds.encode = lambda images, posterior_noise=None: latents  # inject a leaf to read dloss/dlatents
     images = torch.rand(2, 3, 64, 64)
     control = torch.rand(2, 3, 64, 64)
     loss, info = sds(images, control, [("body", "front"), ("face", "back")], 0.0, torch.Generator().manual_seed(3))

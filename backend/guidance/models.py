@@ -67,6 +67,7 @@ class GuidanceModels:
     channels_last: bool = False       # UNet + ControlNet channels-last (set by speed.accelerate)
     vae_channels_last: bool = False   # VAE encoder channels-last (set by speed.accelerate)
     compiled: bool = False
+    tf32: bool = False                # matrix products of the models on tensor cores (speed.accelerate)
 
     @property
     def vae_scale(self) -> int:

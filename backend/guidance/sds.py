@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import GuidanceModels
-from .speed import VAE_ATTENTION, NoisePredictor, attention_kernels
+from .speed import VAE_ATTENTION, NoisePredictor, attention_kernels, tf32_matmuls
 
 VIEWS = ("front", "side", "back", "overhead")
 DWG_VIEWS = ("front", "left side", "back", "right side")
@@ -262,9 +262,9 @@ class SDSGuidance:
         """The SDS loss of rendered images (B,3,H,W) in [0,1] (requiring grad) for prepared inputs
         (or for a share of their views, `SDSInputs.views`: the share's part of the batch's loss)."""
         m = self.models
-        with timer("encode"):
+        with timer("encode"), tf32_matmuls(m.tf32):
             latents = self.encode(images, inputs.posterior_noise)
-        with timer("unet"):
+        with timer("unet"), tf32_matmuls(m.tf32):
             with torch.no_grad():
                 noisy = (inputs.signal * latents.detach().float() + inputs.sigma * inputs.noise).to(m.dtype)
                 eps_hat = self.predict_noise(noisy, inputs.t, inputs.cond, inputs.control)

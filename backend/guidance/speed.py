@@ -47,6 +47,21 @@ def attention_kernels(name: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel(order, set_priority=True)
 
 
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """TF32 matrix products while the diffusion models run, restored after: the flag is
+    process-wide, and the rasterizer and posing in the same process need full fp32."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def accelerate(models: GuidanceModels, channels_last: bool = False, compile: bool = False,
                tiny_encoder: Any = None, mode: str | None = None) -> GuidanceModels:
     """cuDNN autotuning, layout and torch.compile for the UNet, the ControlNet and the encoder
@@ -63,10 +78,10 @@ def accelerate(models: GuidanceModels, channels_last: bool = False, compile: boo
         # static shapes for a whole run: cuDNN times its convolution algorithms once (as
         # bench/train.py measured it)
         torch.backends.cudnn.benchmark = True
-        if models.dtype == torch.float32:
-            # fp32 models (the dreamwaltz-g recipe's default) multiply matrices on tensor cores in
-            # TF32, as cuDNN's convolutions already do by default (and as bench/train.py measures)
-            torch.backends.cuda.matmul.allow_tf32 = True
+        # fp32 models (the dreamwaltz-g recipe's default) multiply matrices on tensor cores in
+        # TF32, as cuDNN's convolutions already do by default (and as bench/train.py measures);
+        # only inside the models' calls (tf32_matmuls), never for the renderer's or posing's maths
+        models.tf32 = models.dtype == torch.float32
         # the VAE's math attention (VAE_ATTENTION) on tensor cores, in half precision like the
         # fused kernels, rather than upcast to fp32
         torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)

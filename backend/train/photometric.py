@@ -20,6 +20,8 @@ skeleton images, which only SDS uses.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable
 
 import torch
@@ -70,10 +72,11 @@ class PhotometricGuidance:
         return self
 
     def prepare(self, control: torch.Tensor | None, prompts: list[tuple[str, str]], progress: float,
-                generator: torch.Generator) -> Batch:
+                generator: torch.Generator) -> "PhotometricInputs":
         if self.batches is None or self.batches.last is None:
             raise RuntimeError("PhotometricGuidance.prepare before any batch: attach it to the trainer first")
-        return self.batches.last
+        last = self.batches.last
+        return PhotometricInputs(last, len(last.views))
 
     @torch.no_grad()
     def render_target(self, batch: Batch, size: tuple[int, int]) -> torch.Tensor:
@@ -86,14 +89,26 @@ class PhotometricGuidance:
                               backgrounds=batch.backgrounds, depth=False)
         return out.rgb.permute(0, 3, 1, 2)
 
-    def loss(self, images: torch.Tensor, batch: Batch,
+    def loss(self, images: torch.Tensor, inputs: "PhotometricInputs",
              timer: Callable[[str], Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-        target = self.render_target(batch, (int(images.shape[-2]), int(images.shape[-1])))
+        target = self.render_target(inputs.batch, (int(images.shape[-2]), int(images.shape[-1])))
         l1 = (images - target.to(images.dtype)).abs().mean(dim=(1, 2, 3))
-        loss = self.weight * (l1.sum() if self.reduction == "sum" else l1.mean())
+        loss = self.weight * (l1.sum() if self.reduction == "sum" else l1.sum() / inputs.total)
         return loss, {"l1": l1.detach().mean()}
 
     def __call__(self, images: torch.Tensor, control: torch.Tensor | None, prompts: list[tuple[str, str]],
                  progress: float, generator: torch.Generator,
                  timer: Callable[[str], Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.loss(images, self.prepare(control, prompts, progress, generator), timer)
+
+
+@dataclasses.dataclass
+class PhotometricInputs:
+    """A step's photometric "SDS inputs": the batch, cut to a rank's views like SDSInputs; the
+    mean divides by the whole batch's views (`total`), as SDS's does."""
+
+    batch: Batch
+    total: int
+
+    def views(self, share: slice) -> "PhotometricInputs":
+        return PhotometricInputs(self.batch.share(share), self.total)

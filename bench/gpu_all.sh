@@ -1,0 +1,24 @@
+# Every GPU test and benchmark of the project in one go, on the GPU machine (bench/README):
+#   bash bench/gpu_all.sh tests|bench-a|bench-b  (each part fits one 10-minute device call);
+# logs and result tables land in $OUT (default bench/results/gpu_run/).
+set -uo pipefail
+OUT=${OUT:-bench/results/gpu_run}
+mkdir -p "$OUT"
+. scripts/gpu_env.sh || exit 1
+if [ -f .torch_ext/gsplat_build.tgz ]; then      # a gsplat build carried from an earlier run
+  tar xzf .torch_ext/gsplat_build.tgz -C .torch_ext && find .torch_ext -exec touch {} +
+fi
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_' | tr 'A-Z' 'a-z')
+step() { echo "== $*"; local t0=$SECONDS; "$@"; echo "== rc=$? in $((SECONDS - t0)) s: $*"; }
+case "${1:-tests}" in
+  tests)
+    step timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 \
+      $(grep -l "mark.gpu" tests/test_*.py) 2>&1 | tee "$OUT/gpu_tests.log"
+    step timeout 150 python3 bench/render.py --device cuda --out "$OUT/render_gpu_$card.txt" 2>&1 | tee "$OUT/bench_render.log" ;;
+  bench-a)
+    step python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt" 2>&1 | tee "$OUT/bench_a.log"
+    step python3 bench/blender_render.py --backend-only --device cuda --out "$OUT/blender_render_gpu_$card.txt" 2>&1 | tee -a "$OUT/bench_a.log" ;;
+  bench-b)
+    step timeout 330 python3 bench/train.py --recipes --max-minutes 5 --out "$OUT/train_recipes_gpu_$card.txt" 2>&1 | tee "$OUT/bench_b.log"
+    step python3 bench/capacity.py --size full --fraction 0.1 --work .cache/capacity-tenth --max-minutes 4 --out "$OUT/capacity_gpu_${card}_tenth.txt" 2>&1 | tee -a "$OUT/bench_b.log" ;;
+esac
