@@ -15,6 +15,13 @@ case "${1:-tests}" in
     step timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 \
       $(grep -l "mark.gpu" tests/test_*.py) 2>&1 | tee "$OUT/gpu_tests.log"
     step timeout 150 python3 bench/render.py --device cuda --out "$OUT/render_gpu_$card.txt" 2>&1 | tee "$OUT/bench_render.log" ;;
+  final)   # the last run of 2026-12-02: what the earlier parts left (see bench/results/README)
+    step timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_render_gpu.py -k ortho 2>&1 | tee "$OUT/gpu_tests3.log"
+    # the backend starts isolated (-I), which ignores PYTHONPATH: a .pth file shows it the carried wheels
+    echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/dreamwaltz_gpu_wheels.pth"
+    step timeout 90 python3 bench/blender_render.py --backend-only --device cuda --out "$OUT/blender_render_gpu_$card.txt" 2>&1 | tee "$OUT/bench_c.log"
+    step timeout 230 python3 bench/train.py --recipes --max-minutes 3 --out "$OUT/train_recipes_gpu_$card.txt" 2>&1 | tee "$OUT/bench_b.log"
+    step timeout 200 python3 bench/capacity.py --size full --fraction 0.05 --work /tmp/capacity --max-minutes 3 --out "$OUT/capacity_gpu_${card}_fraction005.txt" 2>&1 | tee -a "$OUT/bench_b.log" ;;
   bench-a)
     step python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt" 2>&1 | tee "$OUT/bench_a.log"
     step python3 bench/blender_render.py --backend-only --device cuda --out "$OUT/blender_render_gpu_$card.txt" 2>&1 | tee -a "$OUT/bench_a.log" ;;

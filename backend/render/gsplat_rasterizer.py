@@ -20,6 +20,8 @@ from torch import Tensor
 from .core import Camera, GaussianSet, RenderError, RenderOutput, upload
 from .sh import C0 as SH_C0
 
+ORTHO_NEAR = 0.01   # metres: the near plane an orthographic camera is moved back to (see below)
+
 _lock = threading.Lock()
 _state: dict = {"module": None, "error": None}
 
@@ -101,7 +103,15 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
     gsplat = load_gsplat()
     device, dtype = first.means.device, first.means.dtype
     cam = cameras[0]
-    viewmats = upload(np.stack([np.asarray(c.world_to_camera) for c in cameras])[:, None], device)
+    near, far, shift = float(cam.near), float(cam.far), 0.0
+    if cam.model == "ortho" and near < ORTHO_NEAR:
+        # gsplat sorts by the float bits of the depth, which misorders negative depths; an
+        # orthographic image does not change when the camera moves back along its axis
+        shift = ORTHO_NEAR - near
+        near, far = ORTHO_NEAR, far + shift
+    w2c = np.stack([np.asarray(c.world_to_camera, dtype=np.float64) for c in cameras])
+    w2c[:, 2, 3] += shift
+    viewmats = upload(w2c[:, None], device)
     Ks = upload(np.stack([np.asarray(c.K) for c in cameras])[:, None], device)
     bg = None
     if backgrounds is not None:
@@ -127,8 +137,8 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
         Ks,
         int(cam.width),
         int(cam.height),
-        near_plane=float(cam.near),
-        far_plane=float(cam.far),
+        near_plane=near,
+        far_plane=far,
         eps2d=0.3,
         render_mode="RGB+ED" if depth else "RGB",
         rasterize_mode="classic",
@@ -140,4 +150,6 @@ def rasterize_gsplat_views(sets: Sequence[GaussianSet], cameras: Sequence[Camera
     colors = colors[:, 0].to(dtype)
     alpha = alphas[:, 0].to(dtype)
     z = colors[..., 3:4] if depth else torch.zeros_like(alpha)
+    if shift and depth:
+        z = torch.where(alpha > 0, z - shift, z)
     return RenderOutput(rgb=colors[..., :3], alpha=alpha, depth=z)
