@@ -1,6 +1,7 @@
-# Every GPU test and benchmark of the project in one go, on the GPU machine (bench/README):
-#   bash bench/gpu_all.sh tests|bench-a|bench-b  (each part fits one 10-minute device call);
-# logs and result tables land in $OUT (default bench/results/gpu_run/).
+# Every GPU test and benchmark of the project, on the GPU machine (bench/README):
+#   bash bench/gpu_all.sh tests|bench-a|bench-b|final  (each part fits one 10-minute device call);
+# logs and result tables land in $OUT (default bench/results/gpu_run/). `final` is what the run of
+# 2026-12-02 redid after its fixes (bench/results/gpu_tests_h200.txt).
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu_run}
 mkdir -p "$OUT"
@@ -8,24 +9,26 @@ mkdir -p "$OUT"
 if [ -f .torch_ext/gsplat_build.tgz ]; then      # a gsplat build carried from an earlier run
   tar xzf .torch_ext/gsplat_build.tgz -C .torch_ext && find .torch_ext -exec touch {} +
 fi
+# the backend starts isolated (-I), which ignores PYTHONPATH: a .pth file shows it the carried wheels
+echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/dreamwaltz_gpu_wheels.pth"
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_' | tr 'A-Z' 'a-z')
 step() { echo "== $*"; local t0=$SECONDS; "$@"; echo "== rc=$? in $((SECONDS - t0)) s: $*"; }
+
+gpu_tests() { step timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 "$@"; }
+render() { step timeout 150 python3 bench/render.py --device cuda --out "$OUT/render_gpu_$card.txt"; }
+nerf() { step python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt"; }
+blender_backend() {
+  step timeout 90 python3 bench/blender_render.py --backend-only --device cuda --out "$OUT/blender_render_gpu_$card.txt"
+}
+recipes() { step timeout 230 python3 bench/train.py --recipes --max-minutes 3 --out "$OUT/train_recipes_gpu_$card.txt"; }
+capacity() {
+  step timeout 200 python3 bench/capacity.py --size full --fraction 0.05 --work /tmp/capacity --max-minutes 3 \
+    --out "$OUT/capacity_gpu_${card}_fraction005.txt"
+}
+
 case "${1:-tests}" in
-  tests)
-    step timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 \
-      $(grep -l "mark.gpu" tests/test_*.py) 2>&1 | tee "$OUT/gpu_tests.log"
-    step timeout 150 python3 bench/render.py --device cuda --out "$OUT/render_gpu_$card.txt" 2>&1 | tee "$OUT/bench_render.log" ;;
-  final)   # the last run of 2026-12-02: what the earlier parts left (see bench/results/README)
-    step timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_render_gpu.py -k ortho 2>&1 | tee "$OUT/gpu_tests3.log"
-    # the backend starts isolated (-I), which ignores PYTHONPATH: a .pth file shows it the carried wheels
-    echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/dreamwaltz_gpu_wheels.pth"
-    step timeout 90 python3 bench/blender_render.py --backend-only --device cuda --out "$OUT/blender_render_gpu_$card.txt" 2>&1 | tee "$OUT/bench_c.log"
-    step timeout 230 python3 bench/train.py --recipes --max-minutes 3 --out "$OUT/train_recipes_gpu_$card.txt" 2>&1 | tee "$OUT/bench_b.log"
-    step timeout 200 python3 bench/capacity.py --size full --fraction 0.05 --work /tmp/capacity --max-minutes 3 --out "$OUT/capacity_gpu_${card}_fraction005.txt" 2>&1 | tee -a "$OUT/bench_b.log" ;;
-  bench-a)
-    step python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt" 2>&1 | tee "$OUT/bench_a.log"
-    step python3 bench/blender_render.py --backend-only --device cuda --out "$OUT/blender_render_gpu_$card.txt" 2>&1 | tee -a "$OUT/bench_a.log" ;;
-  bench-b)
-    step timeout 330 python3 bench/train.py --recipes --max-minutes 5 --out "$OUT/train_recipes_gpu_$card.txt" 2>&1 | tee "$OUT/bench_b.log"
-    step python3 bench/capacity.py --size full --fraction 0.1 --work .cache/capacity-tenth --max-minutes 4 --out "$OUT/capacity_gpu_${card}_tenth.txt" 2>&1 | tee -a "$OUT/bench_b.log" ;;
+  tests) { gpu_tests $(grep -l "mark.gpu" tests/test_*.py); render; } 2>&1 | tee "$OUT/tests.log" ;;
+  bench-a) { nerf; blender_backend; } 2>&1 | tee "$OUT/bench_a.log" ;;
+  bench-b) { recipes; capacity; } 2>&1 | tee "$OUT/bench_b.log" ;;
+  final) { gpu_tests tests/test_render_gpu.py -k ortho; blender_backend; recipes; capacity; } 2>&1 | tee "$OUT/final.log" ;;
 esac

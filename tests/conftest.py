@@ -67,3 +67,20 @@ def run_backend(*args: str, check: bool = False, timeout: float = 300) -> subpro
     if check and proc.returncode != 0:
         raise AssertionError(f"backend {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """Tiny random-weight SD 1.5 + ControlNet folders, per test module (training tests)."""
+    from backend.guidance.configs import write_model_folders
+
+    out = tmp_path_factory.mktemp("tiny-models")
+    write_model_folders(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dir):
+    from backend.guidance import load_guidance_models
+
+    return load_guidance_models(tiny_dir / "stable-diffusion", tiny_dir / "controlnet", "cpu")

@@ -24,22 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT.parent / "shared" / "METHOD.md"
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from backend.guidance.configs import write_model_folders
-
-    out = tmp_path_factory.mktemp("tiny-models")
-    write_model_folders(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def models(tiny_dir):
-    from backend.guidance import load_guidance_models
-
-    return load_guidance_models(tiny_dir / "stable-diffusion", tiny_dir / "controlnet", "cpu")
-
-
 def dwg() -> TrainConfig:
     return TrainConfig(prompt="a chef", recipe="dreamwaltz-g")
 
@@ -96,27 +80,16 @@ def expected_numbers(c: TrainConfig) -> dict[tuple[str, str], list[float] | str]
     cam, pose, sds, lr = c.cameras, c.poses, c.sds, c.lr
     body_p = 1.0 - cam.p_face - cam.p_hands
     polar = sorted(90.0 - e for e in cam.elevation_deg)
-    nerf = getattr(c, "nerf", None)
+    nerf = c.nerf
     assert c.hybrid.enabled and c.hybrid.paper_bound and c.hybrid.deform_poses == ("random", "prior")
-    deform_features = nerf.levels * nerf.features if nerf is not None else 32
-    nerf_rows: dict = {}
-    if nerf is not None:
-        nerf_rows = {
-            # 10⁵–10⁶ points: the converted field's count, an outcome (not a setting)
-            ("Schedule", "NeRF → Gaussians"): [nerf.convert_resolution ** 3, 1e5, 1e6, 100 * nerf.prune_face,
-                                               100 * nerf.prune_hands],
-            ("Representation", "hash grid"): [nerf.levels, nerf.features, nerf.base_resolution, nerf.finest_per_bound,
-                                              nerf.layers, nerf.hidden, nerf.lr, nerf.grid_lr_scale],
-            ("Representation", "skinning weights"): [nerf.skin_smooth_k, 100 * nerf.skin_offset],
-            ("Representation", "regularisation"): [nerf.prior_points, nerf.prior_peak],
-        }
-    mlp, grid = (nerf.lr, nerf.lr * nerf.grid_lr_scale) if nerf is not None else (lr.mlp, lr.hashgrid)
     return {
         ("Schedule", "NeRF pretraining on the body"): [],
         ("Schedule", "I.1 canonical NeRF, progressive"):
             [sum(s.steps for s in nerf_64_256)] + [s.resolution for s in nerf_64_256],
         ("Schedule", "I.2 canonical NeRF, high resolution"): [steps["nerf-512"].steps, steps["nerf-512"].resolution],
-        ("Schedule", "NeRF → Gaussians"): "the NeRF package's conversion settings (backend/train/nerf)",
+        # 10⁵–10⁶ points: the converted field's count, an outcome (not a setting)
+        ("Schedule", "NeRF → Gaussians"): [nerf.convert_resolution ** 3, 1e5, 1e6, 100 * nerf.prune_face,
+                                           100 * nerf.prune_hands],
         ("Schedule", "II.1 3DGS canonical"): [steps["canonical"].steps],
         ("Schedule", "II.2 3DGS canonical-R"):
             [steps["canonical-r"].steps, *map(abs, pose.canonical_r_shoulder_deg[1:]), *pose.canonical_r_hip_deg],
@@ -144,18 +117,20 @@ def expected_numbers(c: TrainConfig) -> dict[tuple[str, str], list[float] | str]
         ("Cameras", "hand close-ups"): [cam.p_hands],
         ("Cameras", "background"): [float(background_color(c.background, np.random.default_rng(0))[0])],
         ("Representation", "free Gaussians' colour and opacity"): [],
-        ("Representation", "hash grid"): "the NeRF package's field settings (backend/train/nerf)",
+        ("Representation", "hash grid"): [nerf.levels, nerf.features, nerf.base_resolution, nerf.finest_per_bound,
+                                          nerf.layers, nerf.hidden, nerf.lr, nerf.grid_lr_scale],
         ("Representation", "pose-dependent deformation"):
-            [deform_features, POSE_VALUES, c.hybrid.depth, c.hybrid.width, c.hybrid.offset_scale],
-        ("Representation", "skinning weights"): "the NeRF package's conversion settings (backend/train/nerf)",
+            [nerf.levels * nerf.features, POSE_VALUES, c.hybrid.depth, c.hybrid.width, c.hybrid.offset_scale],
+        ("Representation", "skinning weights"): [nerf.skin_smooth_k, 100 * nerf.skin_offset],
         ("Representation", "mesh-bound hands"):
             [int(HAND_LABELS[1][-1]), PER_TRIANGLE, *SCALE_RANGE, float(torch.sigmoid(torch.tensor(OPAQUE)))],
         ("Representation", "mesh-bound face (expression control)"): [],
         ("Representation", "learning rates"):
-            [lr.means, lr.means * lr.means_final, lr.log_scales, lr.quats, lr.offsets, mlp, grid],
-        ("Representation", "regularisation"): "the NeRF package's sigma-prior settings (backend/train/nerf)",
+            [lr.means, lr.means * lr.means_final, lr.log_scales, lr.quats, lr.offsets, nerf.lr,
+             nerf.lr * nerf.grid_lr_scale],
+        ("Representation", "regularisation"): [nerf.prior_points, nerf.prior_peak],
         ("Representation", "body model"): [2020, SMPLX_BETAS, SMPLX_EXPRESSIONS],
-    } | nerf_rows
+    }
 
 
 def test_every_number_of_the_dreamwaltz_g_recipe_matches_method_md():

@@ -26,22 +26,6 @@ from backend.train.strategy import DensifyConfig, DensifyStrategy, ParamEditor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from backend.guidance.configs import write_model_folders
-
-    out = tmp_path_factory.mktemp("tiny-models")
-    write_model_folders(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def models(tiny_dir):
-    from backend.guidance import load_guidance_models
-
-    return load_guidance_models(tiny_dir / "stable-diffusion", tiny_dir / "controlnet", "cpu")
-
-
 def tiny_config(tiny_dir, **kw) -> TrainConfig:
     base = dict(prompt="a chef dressed in white", steps=8, num_gaussians=1500, views=1, resolution=48,
                 sd_model=str(tiny_dir / "stable-diffusion"), controlnet=str(tiny_dir / "controlnet"),
