@@ -1,5 +1,5 @@
 # Every GPU test and benchmark of the project, on the GPU machine (bench/README):
-#   bash bench/gpu_all.sh tests|bench-a|bench-b|final  (each part fits one 10-minute device call);
+#   bash bench/gpu_all.sh tests|bench-a|bench-b|final|phases|capacity  (each part fits one 10-minute device call);
 # logs and result tables land in $OUT (default bench/results/gpu_run/). `final` is what the run of
 # 2026-12-02 redid after its fixes (bench/results/gpu_tests_h200.txt).
 set -uo pipefail
@@ -26,9 +26,20 @@ capacity() {
     --out "$OUT/capacity_gpu_${card}_fraction005.txt"
 }
 
+phases() {
+  step timeout 540 python3 bench/train.py --recipes --phases --recipe-rows dwg-fp16,dwg-fp16-taesd-c --iters 8 \
+    --out "$OUT/train_recipes_phases_gpu_$card.txt"
+}
+capacity_full() {   # one call: the whole full-size table at 5 % of each schedule
+  step timeout 570 python3 bench/capacity.py --size full --fraction 0.05 --work /tmp/capacity --max-minutes 7.5 \
+    --out "$OUT/capacity_gpu_${card}_fraction005.txt"
+}
+
 case "${1:-tests}" in
   tests) { gpu_tests $(grep -l "mark.gpu" tests/test_*.py); render; } 2>&1 | tee "$OUT/tests.log" ;;
   bench-a) { nerf; blender_backend; } 2>&1 | tee "$OUT/bench_a.log" ;;
   bench-b) { recipes; capacity; } 2>&1 | tee "$OUT/bench_b.log" ;;
+  phases) phases 2>&1 | tee "$OUT/phases.log" ;;
+  capacity) capacity_full 2>&1 | tee "$OUT/capacity.log" ;;
   final) { gpu_tests tests/test_render_gpu.py -k ortho; blender_backend; recipes; capacity; } 2>&1 | tee "$OUT/final.log" ;;
 esac

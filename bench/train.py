@@ -28,8 +28,10 @@ Each compiled row compiles for 1.5-3 minutes first; a device call of 10 minutes 
 the precisions and compile settings of --recipe-rows), every stage of its schedule in turn
 (warm-up, then --iters iterations back to back), and the wall time of the whole recipe
 extrapolated from each stage's speed x its planned iterations, plus the NeRF -> Gaussians
-conversion once (dreamwaltz-g). Row ids for --recipe-rows: fast-fp16, dwg-fp32, dwg-fp16, and
-with -c compiled (fast-fp16-c, dwg-fp32-c, dwg-fp16-c).
+conversion once (dreamwaltz-g). Row ids for --recipe-rows: fast-fp16, dwg-fp32, dwg-fp16,
+dwg-fp16-taesd (the tiny encoder in place of SD's VAE encoder), and with -c compiled
+(fast-fp16-c, dwg-fp32-c, dwg-fp16-c, dwg-fp16-taesd-c). With --phases each stage is also split
+by phase (a second pass with a GPU synchronisation at each boundary), to see where it spends.
 """
 
 from __future__ import annotations
@@ -281,15 +283,23 @@ class RecipeRow:
     recipe: str
     dtype: str
     compiled: bool = False
+    encoder: str = "vae"       # "tiny": TAESD in place of SD's VAE encoder (sds.encoder)
 
     @property
     def id(self) -> str:
-        return f"{'dwg' if self.recipe == 'dreamwaltz-g' else self.recipe}-{self.dtype}" + ("-c" if self.compiled else "")
+        return (f"{'dwg' if self.recipe == 'dreamwaltz-g' else self.recipe}-{self.dtype}"
+                + ("-taesd" if self.encoder == "tiny" else "") + ("-c" if self.compiled else ""))
+
+    @property
+    def label(self) -> str:
+        return self.dtype + ("+taesd" if self.encoder == "tiny" else "")
 
 
 RECIPE_ROWS = {r.id: r for r in (RecipeRow("fast", "fp16"), RecipeRow("dreamwaltz-g", "fp32"),
-                                 RecipeRow("dreamwaltz-g", "fp16"), RecipeRow("fast", "fp16", True),
-                                 RecipeRow("dreamwaltz-g", "fp32", True), RecipeRow("dreamwaltz-g", "fp16", True))}
+                                 RecipeRow("dreamwaltz-g", "fp16"), RecipeRow("dreamwaltz-g", "fp16", encoder="tiny"),
+                                 RecipeRow("fast", "fp16", True), RecipeRow("dreamwaltz-g", "fp32", True),
+                                 RecipeRow("dreamwaltz-g", "fp16", True),
+                                 RecipeRow("dreamwaltz-g", "fp16", True, encoder="tiny"))}
 SMOKE_NERF = dict(levels=6, log2_table=12, grid_size=32, max_steps=64, pretrain_steps=20, pretrain_resolution=24,
                   pretrain_points=2048, pretrain_gaussians=2000, pretrain_voxels=32, pretrain_views=1,
                   convert_resolution=48, skin_smooth_iters=10, bound_gaussians=300, prior_points=200, prior_pool=2)
@@ -307,6 +317,8 @@ def recipe_config(row: RecipeRow, args: argparse.Namespace, device: str) -> Trai
     if args.smoke and row.recipe == "dreamwaltz-g":
         names = [s.name for s in TrainConfig(prompt="x", recipe=row.recipe, **extra).stages()]
         extra.update(nerf=SMOKE_NERF, stage_resolutions={n: args.resolution for n in names})
+    if row.encoder == "tiny":
+        extra["sds"] = {"encoder": "tiny", "latent": "mean"}   # TAESD has no posterior to sample
     return TrainConfig(prompt="a chef dressed in white", recipe=row.recipe, device=device, dtype=row.dtype,
                        rasterizer=args.rasterizer, compile=row.compiled, checkpoint_every=0, preview_every=0,
                        log_every=0, num_gaussians=args.gaussians, resolution=args.resolution, **extra)
@@ -319,7 +331,9 @@ def measure_recipe(row: RecipeRow, master: dict, args: argparse.Namespace, devic
     parts = {k: (copy.deepcopy(v) if k in ("unet", "vae", "text_encoder", "controlnet") else v)
              for k, v in master.items()}
     models = prepare_models(parts, device, dtype, {"sd_model": "random", "controlnet": "random"})
-    trainer = Trainer(config, None, models=models, timer=PhaseTimer(enabled=False))
+    enc = tiny_encoder(device, dtype, args.smoke) if row.encoder == "tiny" else None
+    timer = PhaseTimer(enabled=False, sync=True)
+    trainer = Trainer(config, None, models=models, timer=timer, tiny_encoder=enc)
     trainer.ensure_guidance()
     stages, convert_s, compile_s = [], 0.0, 0.0
     schedule = trainer.schedule
@@ -342,7 +356,8 @@ def measure_recipe(row: RecipeRow, master: dict, args: argparse.Namespace, devic
         n = max(1, min(args.iters, planned - warm))
         ms = run_steps(trainer, n, device)
         stages.append({"name": name, "kind": spec.kind, "resolution": spec.resolution, "planned": planned,
-                       "ms": ms, "minutes": planned * ms / 60000})
+                       "ms": ms, "minutes": planned * ms / 60000,
+                       "phases": stage_phases(trainer, n, device) if args.phases else None})
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     result = {"row": row, "config": config, "stages": stages, "convert_s": convert_s, "compile_s": compile_s,
               "gaussians": trainer.num_gaussians, "peak_gib": peak,
@@ -356,18 +371,49 @@ def measure_recipe(row: RecipeRow, master: dict, args: argparse.Namespace, devic
     return result
 
 
+def stage_phases(trainer: Trainer, n: int, device: str) -> dict[str, float]:
+    """ms per phase of `n` more iterations, the GPU synchronised at each phase boundary."""
+    timer = trainer.timer
+    timer.enabled = True
+    timer.reset()
+    run_steps(trainer, n, device)
+    timer.enabled = False
+    return {col: sum(timer.totals.get(k, 0.0) for k in keys) / n * 1000 for col, keys in PHASE_COLUMNS}
+
+
+def phase_table(results: list[dict]) -> list[str]:
+    """Each stage's time by phase (from --phases)."""
+    cols = [c for c, _ in PHASE_COLUMNS]
+    head = f"{'recipe':<13} {'dtype':>10} {'mode':>8} {'stage':<12} " + " ".join(f"{c:>9}" for c in cols) + f" {'sum':>8}"
+    lines = ["", "where each stage's time goes (ms per iteration, GPU-synchronised at each phase boundary, so the "
+             "sum exceeds ms/iter; batch = poses, cameras, skeleton images and SDS inputs, render = posing with the "
+             "hybrid fields (3DGS) or occupancy refresh + ray marching (NeRF), encode = VAE or tiny encoder, unet+cn = ControlNet "
+             "+ UNet with CFG, backward = the sigma-prior (NeRF) and backward through encoder, renderer, fields and "
+             "posing, optim = Adam):", head,
+             "-" * len(head)]
+    for r in results:
+        row = r["row"]
+        for st in r.get("stages", []):
+            if st.get("phases"):
+                ph = st["phases"]
+                lines.append(f"{row.recipe:<13} {row.label:>10} {'compiled' if row.compiled else 'eager':>8} "
+                             f"{st['name']:<12} " + " ".join(f"{ph[c]:>9.1f}" for c in cols)
+                             + f" {sum(ph.values()):>8.1f}")
+    return lines if len(lines) > 4 else []
+
+
 def recipe_table(results: list[dict], header: list[str]) -> str:
     targets = {"fast": 5.0, "dreamwaltz-g": 20.0}
-    lines = header + ["", f"{'recipe':<13} {'dtype':>5} {'mode':>8} {'stage':<12} {'kind':<9} {'px':>4} "
-                          f"{'iters':>6} {'ms/iter':>8} {'minutes':>8}", "-" * 82]
+    lines = header + ["", f"{'recipe':<13} {'dtype':>10} {'mode':>8} {'stage':<12} {'kind':<9} {'px':>4} "
+                          f"{'iters':>6} {'ms/iter':>8} {'minutes':>8}", "-" * 87]
     for r in results:
         row = r["row"]
         mode = "compiled" if row.compiled else "eager"
         if "error" in r:
-            lines.append(f"{row.recipe:<13} {row.dtype:>5} {mode:>8}  FAILED: {r['error']}")
+            lines.append(f"{row.recipe:<13} {row.label:>10} {mode:>8}  FAILED: {r['error']}")
             continue
         for st in r["stages"]:
-            lines.append(f"{row.recipe:<13} {row.dtype:>5} {mode:>8} {st['name']:<12} {st['kind']:<9} "
+            lines.append(f"{row.recipe:<13} {row.label:>10} {mode:>8} {st['name']:<12} {st['kind']:<9} "
                          f"{st['resolution']:>4} {st['planned']:>6} {st['ms']:>8.1f} {st['minutes']:>8.2f}")
         note = []
         if r["convert_s"]:
@@ -376,12 +422,13 @@ def recipe_table(results: list[dict], header: list[str]) -> str:
             note.append("NeRF stages not in this build: measured without them (init = template)")
         if row.compiled:
             note.append(f"compile {r['compile_s']:.0f} s (once, not in the total)")
-        lines.append(f"{row.recipe:<13} {row.dtype:>5} {mode:>8} {'WHOLE RECIPE':<12} {'':<9} {'':>4} "
+        lines.append(f"{row.recipe:<13} {row.label:>10} {mode:>8} {'WHOLE RECIPE':<12} {'':<9} {'':>4} "
                      f"{sum(st['planned'] for st in r['stages']):>6} {'':>8} {r['minutes']:>8.2f}  "
                      f"target <= {targets[row.recipe]:.0f} min; {r['gaussians']} Gaussians at the end"
                      + ("; " + "; ".join(note) if note else ""))
     lines.append("(minutes: planned iterations x measured ms/iter, + the conversion; model loading, previews, "
                  "checkpoints and export not included)")
+    lines += phase_table(results)
     return "\n".join(lines) + "\n"
 
 
@@ -429,6 +476,8 @@ def main() -> int:
                         help="comma-separated row ids to run, e.g. 4-fp16,taesd-4-fp16-c,dwg-1-fp32,plain-4-fp16")
     parser.add_argument("--recipes", action="store_true",
                         help="measure each stage of both recipes and extrapolate their wall time (see above)")
+    parser.add_argument("--phases", action="store_true",
+                        help="with --recipes: also split each stage by phase (GPU-synchronised)")
     parser.add_argument("--recipe-rows", default=None,
                         help=f"with --recipes: comma-separated ids ({', '.join(RECIPE_ROWS)}; "
                              "default fast-fp16,dwg-fp32,dwg-fp16)")
