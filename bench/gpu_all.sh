@@ -31,7 +31,7 @@ phases() {
     --out "$OUT/train_recipes_phases_gpu_$card.txt"
 }
 capacity_full() {   # one call: the whole full-size table at 5 % of each schedule
-  step timeout 570 python3 bench/capacity.py --size full --fraction 0.05 --work /tmp/capacity --max-minutes 7.5 \
+  step timeout 570 python3 bench/capacity.py --size full --fraction 0.05 --work .cache/capacity_gpu --max-minutes 6.5 \
     --out "$OUT/capacity_gpu_${card}_fraction005.txt"
 }
 
