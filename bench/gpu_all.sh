@@ -1,5 +1,5 @@
 # Every GPU test and benchmark of the project, on the GPU machine (bench/README):
-#   bash bench/gpu_all.sh tests|bench-a|bench-b|final|phases|capacity  (each part fits one 10-minute device call);
+#   bash bench/gpu_all.sh tests|bench-a|bench-b|final|phases|capacity|fused  (each part fits one 10-minute device call);
 # logs and result tables land in $OUT (default bench/results/gpu_run/). `final` is what the run of
 # 2026-12-02 redid after its fixes (bench/results/gpu_tests_h200.txt).
 set -uo pipefail
@@ -40,6 +40,8 @@ case "${1:-tests}" in
   bench-a) { nerf; blender_backend; } 2>&1 | tee "$OUT/bench_a.log" ;;
   bench-b) { recipes; capacity; } 2>&1 | tee "$OUT/bench_b.log" ;;
   phases) phases 2>&1 | tee "$OUT/phases.log" ;;
+  fused) { gpu_tests tests/test_fused_hashgrid.py tests/test_nerf.py tests/test_avatar_gpu.py tests/test_recipes.py
+           step timeout 150 python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt"; } 2>&1 | tee "$OUT/fused.log" ;;
   capacity) capacity_full 2>&1 | tee "$OUT/capacity.log" ;;
   final) { gpu_tests tests/test_render_gpu.py -k ortho; blender_backend; recipes; capacity; } 2>&1 | tee "$OUT/final.log" ;;
 esac

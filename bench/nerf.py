@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.body import BodyModel  # noqa: E402
+from backend.fields.fused_hashgrid import fused_available  # noqa: E402
 from backend.train.cameras import CameraConfig, CameraSampler  # noqa: E402
 from backend.train.nerf import NeRFConfig, NeRFStage  # noqa: E402
 from backend.train.nerf.stage import step_generator  # noqa: E402
@@ -43,6 +44,44 @@ def device_name(device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def iteration_ms(stage: NeRFStage, opt: torch.optim.Optimizer, cams: list, size: int, kernel: str,
+                 device: torch.device) -> tuple[float, float]:
+    """(median, fastest) ms of one iteration per camera set, the first 3 not counted."""
+    stage.field.encoding.kernel = kernel
+    times = []
+    for i, views in enumerate(cams):
+        sync(device)
+        t = time.perf_counter()
+        stage.update_occupancy(i)
+        out = stage.render(views, resolution=size, generator=step_generator(0, i, 1, device))
+        loss = (out.rgb - 0.5).square().mean() + stage.prior_loss(i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times), 1000 * min(times)
+
+
+def encode_ms(stage: NeRFStage, n: int, kernels: list[str], device: torch.device) -> tuple[int, list[float]]:
+    """ms of the field's hash encoding of `n` points, forward and backward, per kernel."""
+    enc = stage.field.encoding
+    x = torch.rand(n, 3, device=device, generator=torch.Generator(device).manual_seed(0)).requires_grad_()
+    out = []
+    for kernel in kernels:
+        enc.kernel = kernel
+        times = []
+        for _ in range(8):
+            sync(device)
+            t = time.perf_counter()
+            g_table, _ = torch.autograd.grad(enc(x).square().sum(), [enc.embeddings, x])
+            sync(device)
+            times.append(time.perf_counter() - t)
+        out.append(1000 * statistics.median(times[2:]))
+    return n, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,33 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     sampler = CameraSampler(CameraConfig(), 512, 512)
     c = stage.canonical
+    kernels = ["torch"] + (["fused"] if hasattr(stage.field.encoding, "kernel")
+                           and fused_available(device)[0] else [])
     rows = []
     for size in sizes:
         cams = [[sampler.sample(rng, c.vertices, c.joints, c.transforms, kind="body").camera
                  for _ in range(args.views)] for _ in range(iters + 3)]
-        times, samples = [], []
-        for i, views in enumerate(cams):
-            sync(device)
-            t = time.perf_counter()
-            stage.update_occupancy(i)
-            out = stage.render(views, resolution=size, generator=step_generator(0, i, 1, device))
-            loss = (out.rgb - 0.5).square().mean() + stage.prior_loss(i)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync(device)
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-        rows.append((size, 1000 * statistics.median(times), 1000 * min(times)))
+        rows.append((size, [iteration_ms(stage, opt, cams, size, kernel, device) for kernel in kernels]))
+    encode_rows = [encode_ms(stage, n, kernels, device) for n in ((1 << 14,) if args.smoke else (1 << 18, 1 << 21))]
     lines = [f"# bench/nerf.py - Stage I ms per iteration ({args.views} view(s), render + sigma-prior + backward + "
              "Adam, occupancy refresh every 16th; no diffusion model)",
-             f"# device: {device_name(device)}; torch {torch.__version__}; encoding backend: {stage.field.backend}",
+             f"# device: {device_name(device)}; torch {torch.__version__}; encoding backend: {stage.field.backend}; "
+             f"hash-grid kernels: {', '.join(kernels)} (pure PyTorch; fields/fused_hashgrid.py)",
              f"# field: {config.levels} levels x {config.features}, 2^{config.log2_table} table, occupancy "
              f"{config.grid_size}^3, {config.max_steps} steps across the cube; pretraining "
              f"{'loaded from the cache' if 'cache' in stage.report and pretrain_s < 30 else 'run'} in {pretrain_s:.1f} s "
              f"(PSNR {stage.report.get('psnr') or float('nan'):.2f} dB on the body's pixels)",
-             "", "| resolution | ms / iteration (median) | fastest |", "|---:|---:|---:|"]
-    lines += [f"| {s} | {m:.1f} | {f:.1f} |" for s, m, f in rows]
+             "", "| resolution | " + " | ".join(f"{k}: ms / iteration (median, fastest)" for k in kernels)
+             + (" | speed-up |" if len(kernels) > 1 else " |"), "|---:|" + "---:|" * (len(kernels) + (len(kernels) > 1))]
+    for size, got in rows:
+        cells = " | ".join(f"{m:.1f} ({f:.1f})" for m, f in got)
+        lines.append(f"| {size} | {cells} |" + (f" {got[0][0] / got[1][0]:.1f}x |" if len(got) > 1 else ""))
+    lines += ["", "| hash encoding alone, forward + backward (table and points) | "
+              + " | ".join(f"{k}: ms" for k in kernels) + " |", "|---|" + "---:|" * len(kernels)]
+    lines += [f"| {n} points | " + " | ".join(f"{m:.2f}" for m in ms) + " |" for n, ms in encode_rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -10,6 +10,10 @@ position = x scale + 0.5, tables of min(2^T, resolution^3 rounded up to 8) entri
 same parameters give the same features with either implementation (tested on CUDA where
 tiny-cuda-nn is installed). Used by the colour field (`train/appearance.py`), the NeRF
 (`train/nerf/field.py`) and the hybrid avatar's field (`avatar/hybrid.py`).
+
+The same maths runs as fused kernels (`fused_hashgrid.py`) where they build: by default
+(`kernel="auto"`) on CUDA tensors, the PyTorch code here on the others and where the kernel
+cannot be built.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_hashgrid import Layout, fused_available, fused_encode
+
 PRIMES = (1, 2654435761, 805459861)
 INTERPOLATIONS = ("linear", "smoothstep")
+KERNELS = ("auto", "torch", "fused")
 
 
 class GridShape(Protocol):
@@ -84,10 +91,13 @@ class HashGridEncoding(nn.Module):
     parameter order), initialised uniformly in +-1e-4 as there."""
 
     def __init__(self, shape: GridShape, generator: torch.Generator | None = None,
-                 interpolation: str = "linear") -> None:
+                 interpolation: str = "linear", kernel: str = "auto") -> None:
         super().__init__()
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"hash-grid kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
+        self.kernel = kernel
         self.levels, self.features = int(shape.levels), int(shape.features)
         self.table = 2 ** int(shape.log2_table)
         self.interpolation = interpolation
@@ -100,6 +110,8 @@ class HashGridEncoding(nn.Module):
         self.register_buffer("size", torch.tensor(sizes, dtype=torch.long), persistent=False)
         self.register_buffer("offset", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
         self.register_buffer("dense", torch.tensor([r ** 3 <= n for r, n in zip(res, sizes)]), persistent=False)
+        self.layout = Layout(self.features, int(shape.log2_table), interpolation == "smoothstep", tuple(scales),
+                             tuple(res), tuple(sizes), tuple(offsets[:-1]), tuple(r ** 3 <= n for r, n in zip(res, sizes)))
         init = torch.rand(offsets[-1], self.features, generator=generator) * 2e-4 - 1e-4
         self.embeddings = nn.Parameter(init)
 
@@ -130,7 +142,15 @@ class HashGridEncoding(nn.Module):
         w = (wt[:, :, 0, None, None, :] * wt[:, :, 1, None, :, None] * wt[:, :, 2, :, None, None])
         return idx + self.offset[None, :, None], w.reshape(n, self.levels, 8)
 
+    def uses_fused(self, device: torch.device) -> bool:
+        """Whether points on `device` go through the fused kernel."""
+        if self.kernel == "auto":
+            return device.type == "cuda" and fused_available(device)[0]
+        return self.kernel == "fused"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_fused(x.device):
+            return fused_encode(x, self.embeddings, self.layout)
         n = x.shape[0]
         idx, w = self.indices_and_weights(x)
         feats = F.embedding(idx, self.embeddings)                                     # (N,L,8,F)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-BACKENDS = ("auto", "torch", "tcnn")
+BACKENDS = ("auto", "torch", "tcnn", "fused")
 
 
 @dataclasses.dataclass
@@ -23,7 +23,8 @@ class NeRFConfig:
     interpolation: str = "smoothstep"     # the original's grid encoder interpolates with smoothstep
     hidden: int = 64
     layers: int = 3
-    backend: str = "auto"                 # auto (tiny-cuda-nn's encoding on CUDA when importable) | torch | tcnn
+    backend: str = "auto"                 # auto: tiny-cuda-nn's encoding on CUDA when importable, else the
+                                          # fused kernel (fields/fused_hashgrid.py) | torch | tcnn | fused
     padding: float = 0.25                 # metres of room around the canonical body (hair, skirts, hats)
     # occupancy grid and ray marching (torch-ngp's numbers)
     grid_size: int = 128

@@ -15,7 +15,8 @@ Querying (the API the NeRF stage, the conversion to Gaussians and a hybrid avata
 
 Points outside the cube read the cube's faces (clamped). `state_dict()` holds the grid, the MLP
 and the cube; it is the same for both encoding backends (pure PyTorch, or tiny-cuda-nn's
-`HashGrid` on CUDA), so a field made on one machine loads on another.
+`HashGrid` on CUDA, or the same maths as fused kernels, `fields/fused_hashgrid.py`), so a
+field made on one machine loads on another.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...fields.fused_hashgrid import fused_available
 from ...fields.hashgrid import HashGridEncoding, tcnn_available, tcnn_encoding_config
 from .config import NeRFConfig
 
@@ -95,11 +97,18 @@ def _mlp(width_in: int, hidden: int, layers: int, out: int, gen: torch.Generator
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
+    """auto: tiny-cuda-nn's encoding, else the fused kernel (both CUDA only), else pure PyTorch."""
     if name == "auto":
-        return "tcnn" if (device.type == "cuda" and tcnn_available()) else "torch"
+        if device.type == "cuda" and tcnn_available():
+            return "tcnn"
+        return "fused" if device.type == "cuda" and fused_available(device)[0] else "torch"
     if name == "tcnn" and not (device.type == "cuda" and tcnn_available()):
         raise RuntimeError("the NeRF backend 'tcnn' was asked for, but tinycudann is not importable "
                            "(or the field is not on a CUDA GPU)")
+    if name == "fused":
+        ok, reason = fused_available(device)
+        if not ok:
+            raise RuntimeError(f"the NeRF backend 'fused' was asked for, but its kernel is not available: {reason}")
     return name
 
 
@@ -115,9 +124,9 @@ class NeRFField(nn.Module):
         self.register_buffer("bound", torch.tensor(float(bound), dtype=torch.float32))
         shape = _GridShape(config, float(bound))
         gen = torch.Generator().manual_seed(int(seed))
-        grid = HashGridEncoding(shape, gen, config.interpolation)
         self.backend = resolve_backend(config.backend, device)
-        self.encoding: nn.Module = grid if self.backend == "torch" else \
+        grid = HashGridEncoding(shape, gen, config.interpolation, kernel="fused" if self.backend == "fused" else "torch")
+        self.encoding: nn.Module = grid if self.backend in ("torch", "fused") else \
             TcnnHashGrid(shape, config.interpolation, grid.embeddings.data.to(device))
         self.mlp = _mlp(grid.out_dim, config.hidden, config.layers, 4, gen)
         self.to(device)
