@@ -148,19 +148,20 @@ def recipe_config(recipe: str, size: Size, device: str, **extra: Any) -> TrainCo
     return TrainConfig(**kw)
 
 
-def eval_poses(body: BodyModel, count: int, canonical: dict[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], str]:
+def eval_poses(body: BodyModel, count: int, canonical: dict[str, np.ndarray],
+               motion: Path = MOTION) -> tuple[list[dict[str, np.ndarray]], str]:
     """`count` frames of real motion, evenly spaced, without global rotation or translation
     (the body's pose only; hands as in the canonical pose)."""
-    if MOTION.exists():
+    if motion.exists():
         from backend.motion import load_motion
 
-        body_pose = np.asarray(load_motion(MOTION, body_model=body).body_pose, np.float64).reshape(-1, 63)
-        source = f"{MOTION.name}: {count} of its {len(body_pose)} frames, evenly spaced"
+        body_pose = np.asarray(load_motion(motion, body_model=body).body_pose, np.float64).reshape(-1, 63)
+        source = f"{motion.name}: {count} of its {len(body_pose)} frames, evenly spaced"
     else:
         from backend.dance import dance
 
         body_pose = np.asarray(dance().body_pose, np.float64).reshape(-1, 63)
-        source = (f"the built-in dance ({MOTION} is absent): {count} frames; NOT held out for the fast recipe, "
+        source = (f"the built-in dance ({motion} is absent): {count} frames; NOT held out for the fast recipe, "
                   "whose pose library it is")
     frames = np.linspace(0, len(body_pose) - 1, count + 2)[1:-1].round().astype(int)
     out = []
@@ -171,14 +172,15 @@ def eval_poses(body: BodyModel, count: int, canonical: dict[str, np.ndarray]) ->
     return out, source
 
 
-def build_eval_sets(body: BodyModel, target: ClothedTarget, size: Size, device: torch.device) -> list[EvalSet]:
+def build_eval_sets(body: BodyModel, target: ClothedTarget, size: Size, device: torch.device,
+                    motion: Path = MOTION) -> list[EvalSet]:
     configs = [TrainConfig(prompt="x", recipe=r) for r in RECIPES]
     samplers = [CameraSampler(c.cameras, size.resolution, size.resolution) for c in configs]
     skeleton = SkeletonRenderer(body, configs[1].skeleton)
     canonical = PoseSampler(configs[1].poses).canonical()
     rng = np.random.default_rng(EVAL_SEED)
     without = {part: target.without(part) for part in ("skirt", "hair")}
-    poses, source = eval_poses(body, size.poses, canonical)
+    poses, source = eval_poses(body, size.poses, canonical, motion)
     sets = []
     for name, pose_list, what in (("views", [canonical] * size.views, "the canonical pose (apose-45), held-out "
                                    "cameras"), ("poses", poses, source)):
@@ -470,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fraction", type=float, default=None,
                     help="of each recipe's planned iterations (default: the size's)")
     ap.add_argument("--out", default=None, help="write the table here too")
+    ap.add_argument("--motion", default=str(MOTION),
+                    help="the held-out poses' motion (default: DreamWaltz-G's AIST++ demo in ../shared/data)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared machine more threads spin-wait each other)")
     args = ap.parse_args(argv)
@@ -500,7 +504,7 @@ def run(args: argparse.Namespace, recipes: list[str]) -> int:
     body = BodyModel.load(None, device)
     t0 = time.perf_counter()
     target = build_target(body, density=size.density)
-    sets = build_eval_sets(body, target, size, torch.device(device))
+    sets = build_eval_sets(body, target, size, torch.device(device), Path(args.motion))
     log(f"target of {target.avatar.num_gaussians} Gaussians and its held-out renders in {time.perf_counter() - t0:.1f} s")
     work = Path(args.work or ROOT / ".cache" / "capacity") / args.size
     deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None

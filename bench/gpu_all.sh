@@ -31,8 +31,10 @@ phases() {
     --out "$OUT/train_recipes_phases_gpu_$card.txt"
 }
 capacity_full() {   # one call: the whole full-size table at 5 % of each schedule
+  # ../shared does not travel: copy the held-out motion into .cache/motion here and carry that folder
+  local motion=.cache/motion/Yukun-Huang__DreamWaltz-G__aist.npy
   step timeout 570 python3 bench/capacity.py --size full --fraction 0.05 --work .cache/capacity_gpu --max-minutes 6.5 \
-    --out "$OUT/capacity_gpu_${card}_fraction005.txt"
+    $( [ -f $motion ] && echo --motion $motion ) --out "$OUT/capacity_gpu_${card}_fraction005.txt"
 }
 
 case "${1:-tests}" in

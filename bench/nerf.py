@@ -7,7 +7,9 @@ One iteration is what the trainer does in Stage I minus the diffusion model: the
 grid's refresh (every 16th), a render of the field through `--views` training cameras with
 jittered samples, a stand-in image loss, the sigma-prior on the hands, backward and Adam. The
 field starts from the pretrained body (fitted first if it is not cached: its time is reported
-too). Times are medians of back-to-back iterations after warm-up, synchronised on CUDA.
+too). Times are medians of back-to-back iterations after warm-up, synchronised on CUDA; every
+row starts from the pretrained field, once with the pure-PyTorch hash encoding and once with
+the fused kernel (fields/fused_hashgrid.py) where it builds; the encoding alone is timed too.
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def iteration_ms(stage: NeRFStage, opt: torch.optim.Optimizer, cams: list, size: int, kernel: str,
+def iteration_ms(stage: NeRFStage, start: dict, cams: list, size: int, kernel: str,
                  device: torch.device) -> tuple[float, float]:
-    """(median, fastest) ms of one iteration per camera set, the first 3 not counted."""
+    """(median, fastest) ms of one iteration per camera set, the first 3 not counted, from the
+    pretrained field `start` (the stand-in loss empties the field as it trains: every row starts
+    where training does, so rows compare)."""
+    stage.load_state_dict(start)
+    opt = torch.optim.Adam(stage.param_groups(), betas=(0.9, 0.99), eps=1e-15,
+                           **({"fused": True} if device.type == "cuda" else {}))
     stage.field.encoding.kernel = kernel
     times = []
     for i, views in enumerate(cams):
@@ -103,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = NeRFStage.pretrained(config, body, None, canonical, device)
     sync(device)
     pretrain_s = time.perf_counter() - t0
-    opt = torch.optim.Adam(stage.param_groups(), betas=(0.9, 0.99), eps=1e-15, **(
-        {"fused": True} if device.type == "cuda" else {}))
+    start = stage.state_dict()
     rng = np.random.default_rng(0)
     sampler = CameraSampler(CameraConfig(), 512, 512)
     c = stage.canonical
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         cams = [[sampler.sample(rng, c.vertices, c.joints, c.transforms, kind="body").camera
                  for _ in range(args.views)] for _ in range(iters + 3)]
-        rows.append((size, [iteration_ms(stage, opt, cams, size, kernel, device) for kernel in kernels]))
+        rows.append((size, [iteration_ms(stage, start, cams, size, kernel, device) for kernel in kernels]))
     encode_rows = [encode_ms(stage, n, kernels, device) for n in ((1 << 14,) if args.smoke else (1 << 18, 1 << 21))]
     lines = [f"# bench/nerf.py - Stage I ms per iteration ({args.views} view(s), render + sigma-prior + backward + "
              "Adam, occupancy refresh every 16th; no diffusion model)",

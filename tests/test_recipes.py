@@ -495,3 +495,13 @@ def test_dreamwaltz_g_recipe_on_cuda_resumes_across_its_stages(tiny_dir, tmp_pat
     folder = run_training(config, tmp_path / "gpu", resume=True)
     avatar = load_avatar(folder, device="cuda")
     assert torch.isfinite(avatar.free.means).all() and avatar.num_gaussians > 0
+
+
+def test_the_tiny_encoder_with_the_paper_recipe_takes_the_latent_mean():
+    """The paper samples the VAE posterior; TAESD has none, so asking for it (CLI --tiny-encoder,
+    the add-on's preference) gives the mean rather than a refusal, unless a sample is asked for."""
+    config = TrainConfig(prompt="x", recipe="dreamwaltz-g", sds={"encoder": "tiny"})
+    assert config.sds.encoder == "tiny" and config.sds.latent == "mean"
+    assert TrainConfig(prompt="x", recipe="dreamwaltz-g").sds.latent == "sample"
+    with pytest.raises(ValueError, match='sds.latent = "sample" needs the SD VAE'):
+        TrainConfig(prompt="x", recipe="dreamwaltz-g", sds={"encoder": "tiny", "latent": "sample"})

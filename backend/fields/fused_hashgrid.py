@@ -20,6 +20,8 @@ import dataclasses
 import functools
 import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,11 @@ def _load(cuda: bool) -> tuple[Any, str]:
     """(the extension or None, why not): built once per process and kind."""
     try:
         from torch.utils.cpp_extension import load
+
+        scripts = Path(sys.executable).parent
+        if shutil.which("ninja") is None and (scripts / "ninja").exists():
+            # ninja from the interpreter's own environment (a venv run without activating it)
+            os.environ["PATH"] = f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"
 
         sources = [str(CSRC / "hashgrid_ext.cpp")] + ([str(CSRC / "hashgrid_cuda.cu")] if cuda else [])
         flags = ["-O3"] + (["-DHG_WITH_CUDA"] if cuda else [])

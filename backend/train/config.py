@@ -135,6 +135,8 @@ class TrainConfig:
                 base = dict(defaults[name])
                 if name == "skeleton" and self.recipe == "fast":
                     base.setdefault("face", self.expression)
+                if name == "sds" and (value or {}).get("encoder") == "tiny" and "latent" not in (value or {}):
+                    base["latent"] = "mean"   # the tiny encoder has no posterior to sample (the recipe's default)
                 setattr(self, name, _build(cls, dict(base, **(value or {}))))
             elif isinstance(value, dict):
                 setattr(self, name, _build(cls, value))
