@@ -205,7 +205,7 @@ def describe_os_error(exc: OSError) -> str:
     """One sentence for the user: the file, then what went wrong (for `error:` lines)."""
     standard = exc.errno is not None and exc.strerror == os.strerror(exc.errno)
     why = (_WHY.get(exc.errno or 0) if standard or not exc.strerror else None) or exc.strerror or str(exc)
-    name = exc.filename if exc.filename is not None else None
+    name = exc.filename
     other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
     return f"{os.fspath(name)}{other}: {why}" if name is not None else why
 

@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -39,12 +38,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.report import cpu_name, emit  # noqa: E402
 
-from bench.ipc import cpu_name  # noqa: E402
+from tests.blender import has_gpu_init, run_blender  # noqa: E402
 
 F12_SCRIPT = """
 import json, time
-import bmesh
 from dreamwaltz_blender import session
 from dreamwaltz_blender.rig import JOINTS_KEY
 scene = bpy.context.scene
@@ -78,16 +77,6 @@ def frames(out):
     return rows
 
 result["plate_rows"] = frames("plate")
-
-def box(name, size, location):
-    mesh = bpy.data.meshes.new(name)
-    bm = bmesh.new()
-    bmesh.ops.create_cube(bm, size=1.0)
-    bmesh.ops.scale(bm, vec=size, verts=bm.verts)
-    bm.to_mesh(mesh)
-    obj = bpy.data.objects.new(name, mesh)
-    scene.collection.objects.link(obj)
-    obj.location = location
 
 box("Floor", (8, 8, 0.02), (0, 0, -0.01))
 box("Front", (0.7, 0.2, 0.6), (0.3, -1.0, 0.3))
@@ -157,29 +146,22 @@ result["renders"] = frames.renders
 
 
 def run_in_blender(python: str, script: str, args: dict, tmp: Path, name: str) -> dict:
-    path = tmp / f"{name}.py"
-    path.write_text(f"ARGS = {json.dumps(args)}\n" + textwrap.dedent(script))
-    out = tmp / f"{name}.json"
-    env = dict(os.environ, DREAMWALTZ_PYTHON=sys.executable)
-    proc = subprocess.run([python, str(ROOT / "tests" / "blender_entry.py"), str(path), str(out)], cwd=ROOT,
-                          capture_output=True, text=True, env=env)
-    result = json.loads(out.read_text()) if out.exists() else {}
-    if not result.get("ok"):
-        raise RuntimeError(f"{name} failed in Blender:\n{proc.stderr[-3000:]}\n{result.get('traceback')}")
-    return result
+    """`script` with `ARGS = args` in that Python's Blender (tests/blender.py runs it)."""
+    folder = tmp / name
+    folder.mkdir()
+    return run_blender(f"ARGS = {json.dumps(args)}\n" + textwrap.dedent(script), folder, timeout=3600, python=python)
 
 
 def viewport_blender(choice: str | None) -> str:
-    """A Blender (bpy) Python that has gpu.init, else the .venv's."""
-    candidates = [choice] if choice else [os.environ.get("DREAMWALTZ_TEST_BLENDER")] + \
+    """The bpy Python asked for, else the first with gpu.init (DREAMWALTZ_TEST_BLENDER, then the
+    version matrix's newest), else the .venv's."""
+    if choice:
+        if not Path(choice).exists():
+            raise SystemExit(f"--viewport-blender {choice}: no such Python")
+        return choice
+    candidates = [os.environ.get("DREAMWALTZ_TEST_BLENDER")] + \
         [str(p / "bin" / "python") for p in sorted((ROOT / ".cache" / "blender").glob("*"), reverse=True)]
-    for python in candidates:
-        if python and Path(python).exists():
-            ok = subprocess.run([python, "-c", "import bpy, gpu, sys; sys.exit(not hasattr(gpu, 'init'))"],
-                                capture_output=True).returncode == 0
-            if ok or choice:
-                return python
-    return sys.executable
+    return next((p for p in candidates if p and Path(p).exists() and has_gpu_init(p)), sys.executable)
 
 
 def median(rows: list[dict], key: str) -> float:
@@ -337,11 +319,7 @@ def main() -> int:
                      f"python {platform.python_version()}", ""]
             lines += blender_tables(f12, viewport, args)
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        from backend.files import write_text_atomic
-
-        write_text_atomic(args.out, text)
+    emit(text, args.out)
     return 0
 
 

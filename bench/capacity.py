@@ -59,6 +59,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from bench.report import cpu_name, device_name, sync  # noqa: E402
 
 from backend.avatar import pose_with_transforms  # noqa: E402
 from backend.body import BodyModel  # noqa: E402
@@ -72,7 +73,6 @@ from backend.train.photometric import PhotometricGuidance  # noqa: E402
 from backend.train.poses import PoseSampler  # noqa: E402
 from backend.train.skeleton import SkeletonRenderer  # noqa: E402
 from clothed_target import ClothedTarget, build_target  # noqa: E402
-from motion import cpu_name  # noqa: E402
 
 RECIPES = ("fast", "dreamwaltz-g")
 MOTION = ROOT.parent / "shared" / "data" / "motions" / "smplx265_npy" / "Yukun-Huang__DreamWaltz-G__aist.npy"
@@ -201,9 +201,9 @@ def build_eval_sets(body: BodyModel, target: ClothedTarget, size: Size, device: 
 
 
 @torch.no_grad()
-def render_avatar(avatar, posed: dict[str, Any], camera: Camera, background: torch.Tensor, rasterizer: str = "auto"):
+def render_avatar(avatar, posed: dict[str, Any], camera: Camera, background: torch.Tensor):
     gs = pose_with_transforms(avatar, posed["transforms"], None, posed["rotations"])
-    return rasterize(gs, camera, backend=rasterizer, background=background)
+    return rasterize(gs, camera, background=background)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,9 +266,6 @@ def evaluate(trainer: Trainer, sets: list[EvalSet]) -> dict[str, dict[str, float
 # ----------------------------------------------------------------------------------------------
 # one recipe
 # ----------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -365,10 +362,6 @@ def run_recipe(recipe: str, size: Size, target: ClothedTarget, sets: list[EvalSe
 # ----------------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------------
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def load_average() -> float | None:

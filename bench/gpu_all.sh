@@ -1,7 +1,8 @@
 # Every GPU test and benchmark of the project, on the GPU machine (bench/README):
 #   bash bench/gpu_all.sh tests|bench-a|bench-b|final|phases|capacity|fused  (each part fits one 10-minute device call);
 # logs and result tables land in $OUT (default bench/results/gpu_run/). `final` is what the run of
-# 2026-12-02 redid after its fixes (bench/results/gpu_tests_h200.txt).
+# 2026-12-02 redid after its fixes (bench/results/gpu_tests_h200.txt), less the capacity table, which
+# is its own part now (the whole full-size table in one call).
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu_run}
 mkdir -p "$OUT"
@@ -16,21 +17,16 @@ step() { echo "== $*"; local t0=$SECONDS; "$@"; echo "== rc=$? in $((SECONDS - t
 
 gpu_tests() { step timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider -rs --durations=10 "$@"; }
 render() { step timeout 150 python3 bench/render.py --device cuda --out "$OUT/render_gpu_$card.txt"; }
-nerf() { step python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt"; }
+nerf() { step timeout 150 python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt"; }
 blender_backend() {
   step timeout 90 python3 bench/blender_render.py --backend-only --device cuda --out "$OUT/blender_render_gpu_$card.txt"
 }
 recipes() { step timeout 230 python3 bench/train.py --recipes --max-minutes 3 --out "$OUT/train_recipes_gpu_$card.txt"; }
-capacity() {
-  step timeout 200 python3 bench/capacity.py --size full --fraction 0.05 --work /tmp/capacity --max-minutes 3 \
-    --out "$OUT/capacity_gpu_${card}_fraction005.txt"
-}
-
 phases() {
   step timeout 540 python3 bench/train.py --recipes --phases --recipe-rows dwg-fp16,dwg-fp16-taesd-c --iters 8 \
     --out "$OUT/train_recipes_phases_gpu_$card.txt"
 }
-capacity_full() {   # one call: the whole full-size table at 5 % of each schedule
+capacity() {   # one call: the whole full-size table at 5 % of each schedule
   # ../shared does not travel: copy the held-out motion into .cache/motion here and carry that folder
   local motion=.cache/motion/Yukun-Huang__DreamWaltz-G__aist.npy
   step timeout 570 python3 bench/capacity.py --size full --fraction 0.05 --work .cache/capacity_gpu --max-minutes 6.5 \
@@ -40,10 +36,10 @@ capacity_full() {   # one call: the whole full-size table at 5 % of each schedul
 case "${1:-tests}" in
   tests) { gpu_tests $(grep -l "mark.gpu" tests/test_*.py); render; } 2>&1 | tee "$OUT/tests.log" ;;
   bench-a) { nerf; blender_backend; } 2>&1 | tee "$OUT/bench_a.log" ;;
-  bench-b) { recipes; capacity; } 2>&1 | tee "$OUT/bench_b.log" ;;
+  bench-b) recipes 2>&1 | tee "$OUT/bench_b.log" ;;
   phases) phases 2>&1 | tee "$OUT/phases.log" ;;
   fused) { gpu_tests tests/test_fused_hashgrid.py tests/test_nerf.py tests/test_avatar_gpu.py tests/test_recipes.py
-           step timeout 150 python3 bench/nerf.py --out "$OUT/nerf_gpu_$card.txt"; } 2>&1 | tee "$OUT/fused.log" ;;
-  capacity) capacity_full 2>&1 | tee "$OUT/capacity.log" ;;
-  final) { gpu_tests tests/test_render_gpu.py -k ortho; blender_backend; recipes; capacity; } 2>&1 | tee "$OUT/final.log" ;;
+           nerf; } 2>&1 | tee "$OUT/fused.log" ;;
+  capacity) capacity 2>&1 | tee "$OUT/capacity.log" ;;
+  final) { gpu_tests tests/test_render_gpu.py -k ortho; blender_backend; recipes; } 2>&1 | tee "$OUT/final.log" ;;
 esac

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.gsio import Splats, read_gaussians, write_gaussians  # noqa: E402
 
-from motion import cpu_name  # noqa: E402
+from bench.report import cpu_name  # noqa: E402
 
 NAMES = {"ply": "scene.ply", "compressed-ply": "scene.compressed.ply", "splat": "scene.splat",
          "spz": "scene.spz", "glb": "scene.glb"}

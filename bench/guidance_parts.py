@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import emit  # noqa: E402
 
 from backend.guidance import prepare_models  # noqa: E402
 from backend.guidance.configs import build_random_models, build_tiny_encoder  # noqa: E402
@@ -162,11 +163,7 @@ def main() -> int:
              f"{'part':<26} {'variant':<46} {'ms':>8} {'TFLOP/s':>8}", "-" * 92]
     lines += [f"{p:<26} {v:<46} {ms:>8.2f} {tf:>8.0f}" for p, v, ms, tf in rows]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        from backend.files import write_text_atomic
-
-        write_text_atomic(args.out, text)
+    emit(text, args.out)
     return 0
 
 

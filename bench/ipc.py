@@ -27,16 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.report import cpu_name, emit  # noqa: E402
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -167,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         m = statistics.median(rec["transport"])
         lines.append(f"target transport < 5 ms: {name}: {m:.2f} ms -> {'met' if m < 5 else 'NOT met'}")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        from backend.files import write_text_atomic
-
-        write_text_atomic(args.out, text)
+    emit(text, args.out)
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import cpu_name  # noqa: E402
 
 from backend.motion import load_motion  # noqa: E402
 
@@ -29,14 +30,6 @@ FPS = 120.0
 MINUTES = 10
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_amass(path: Path, frames: int) -> None:

@@ -15,7 +15,6 @@ the fused kernel (fields/fused_hashgrid.py) where it builds; the encoding alone 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import device_name, sync  # noqa: E402
 
 from backend.body import BodyModel  # noqa: E402
 from backend.fields.fused_hashgrid import fused_available  # noqa: E402
@@ -37,15 +37,8 @@ SMOKE = dict(levels=6, log2_table=12, grid_size=32, max_steps=160, pretrain_step
              pretrain_points=1024, pretrain_gaussians=3000, pretrain_voxels=48, prior_points=300, prior_pool=1)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def iteration_ms(stage: NeRFStage, start: dict, cams: list, size: int, kernel: str,
@@ -84,7 +77,7 @@ def encode_ms(stage: NeRFStage, n: int, kernels: list[str], device: torch.device
         for _ in range(8):
             sync(device)
             t = time.perf_counter()
-            g_table, _ = torch.autograd.grad(enc(x).square().sum(), [enc.embeddings, x])
+            torch.autograd.grad(enc(x).square().sum(), [enc.embeddings, x])
             sync(device)
             times.append(time.perf_counter() - t)
         out.append(1000 * statistics.median(times[2:]))

@@ -19,6 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.report import emit  # noqa: E402
 
 from backend.train.poses import BODY_INDEX, LIMITS, PoseConfig, PoseSampler, normal_prior  # noqa: E402
 
@@ -94,11 +95,7 @@ def main() -> int:
     lines.append("least covered joints: " + ", ".join(f"{j} {100 * inside[:, BODY_INDEX[j]].mean():.0f} %"
                                                        for j in worst))
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        from backend.files import write_text_atomic
-
-        write_text_atomic(args.out, text)
+    emit(text, args.out)
     return 0
 
 

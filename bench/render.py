@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import device_name  # noqa: E402
 
 from backend.avatar import init_template_avatar, pose_with_params  # noqa: E402
 from backend.avatar.hybrid import (DeformationNetwork, DeformSpec, FieldSpec, HybridNetworks,  # noqa: E402
@@ -59,10 +59,6 @@ def _timed(fn, device: str, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
 def hybrid_of(avatar, field: FieldSpec, seed: int = 0):
@@ -97,12 +93,9 @@ def mlp_ms(avatar, params: dict, device: str, repeats: int) -> float:
 
 
 def _transforms(avatar, params: dict) -> np.ndarray:
-    from backend.avatar.posing import full_pose_host, shape_state
-    from backend.body.kinematics import rodrigues, skinning_transforms
+    from backend.avatar.posing import params_to_transforms
 
-    p = {k: v for k, v in params.items() if k not in ("expression", "transl")}
-    _, t = skinning_transforms(rodrigues(full_pose_host(p)), shape_state(avatar)["joints"], params.get("transl"))
-    return t
+    return params_to_transforms(avatar, **{k: v for k, v in params.items() if k != "expression"})[1]
 
 
 def bench(device: str, sizes: list[int], resolutions: list[tuple[int, int]], backends: list[str],

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.report import cpu_name  # noqa: E402
 
 SCRIPT = """
 import time
@@ -144,9 +144,7 @@ def main() -> int:
             return 1
 
     med = lambda xs: float(np.median(xs))  # noqa: E731
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor() or platform.machine()
+    cpu = cpu_name()
     load = f"; load average {os.getloadavg()[0]:.1f} (a shared machine)" if hasattr(os, "getloadavg") else ""
     lines = ["# bench/shape_sliders.py — shape sliders in Blender 5.0.1 (bpy, background), median of "
              f"{args.repeats}", f"# device: {cpu}, {torch.get_num_threads()} threads{load}; open template body, "

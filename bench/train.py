@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import device_name, emit, sync  # noqa: E402
 
 from backend.guidance import SDSConfig, prepare_models  # noqa: E402
 from backend.guidance.configs import build_random_models, build_tiny_encoder, byte_tokenizer  # noqa: E402
@@ -99,15 +100,8 @@ def configurations(quick: bool, smoke: bool) -> list[Row]:
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def build_master(size: str, device: str, tmp: Path) -> dict:
@@ -318,7 +312,7 @@ def recipe_config(row: RecipeRow, args: argparse.Namespace, device: str) -> Trai
         names = [s.name for s in TrainConfig(prompt="x", recipe=row.recipe, **extra).stages()]
         extra.update(nerf=SMOKE_NERF, stage_resolutions={n: args.resolution for n in names})
     if row.encoder == "tiny":
-        extra["sds"] = {"encoder": "tiny", "latent": "mean"}   # TAESD has no posterior to sample
+        extra["sds"] = {"encoder": "tiny"}   # (the latent is then its mean: TrainConfig)
     return TrainConfig(prompt="a chef dressed in white", recipe=row.recipe, device=device, dtype=row.dtype,
                        rasterizer=args.rasterizer, compile=row.compiled, checkpoint_every=0, preview_every=0,
                        log_every=0, num_gaussians=args.gaussians, resolution=args.resolution, **extra)
@@ -520,11 +514,7 @@ def main() -> int:
                          f"{args.iters} measured iterations per stage after {args.warmup} warm-up")
             text = run_recipes(args, device, master, header[:3])
             text += f"\ntotal benchmark time {(time.perf_counter() - start) / 60:.1f} min\n"
-            print(text)
-            if args.out:
-                from backend.files import write_text_atomic
-
-                write_text_atomic(args.out, text)
+            emit(text, args.out)
             return 0
         results, skipped = [], []
         for row in rows:
@@ -545,11 +535,7 @@ def main() -> int:
                 torch.cuda.empty_cache()
         text = table(results, skipped, args, device, header)
         text += f"\ntotal benchmark time {(time.perf_counter() - start) / 60:.1f} min\n"
-    print(text)
-    if args.out:
-        from backend.files import write_text_atomic
-
-        write_text_atomic(args.out, text)
+    emit(text, args.out)
     return 0
 
 

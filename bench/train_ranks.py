@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from bench.report import emit  # noqa: E402
 
 import train as bench_train  # noqa: E402  (bench/train.py: models, run_steps, device names)
 
@@ -150,11 +151,7 @@ def main() -> int:
                 continue
             results[n] = launch(n, args, Path(tmp) / f"{n}.json")
     text = table(results, args)
-    print(text)
-    if args.out:
-        from backend.files import write_text_atomic
-
-        write_text_atomic(args.out, text)
+    emit(text, args.out)
     return 0
 
 

@@ -47,18 +47,29 @@ def scene_request(depsgraph: Any) -> tuple[list[dict], list[dict]]:
     return avatars, objects
 
 
+def frame_request(depsgraph: Any, camera: CameraCV) -> dict:
+    """What a frame shows: the camera, its size, the avatars and static Gaussian objects."""
+    avatars, objects = scene_request(depsgraph)
+    return {"camera": camera.as_message(), "width": camera.width, "height": camera.height,
+            "avatars": avatars, "objects": objects}
+
+
+def render_frame(request: dict, **options: Any) -> dict:
+    """RGBA and depth of a `frame_request`, rows bottom-up as Blender stores pixels, empty depth
+    as Blender's; the arrays are views of shared memory (no copy), valid until the next frame."""
+    return session.client().render(**request, passes=("rgba", "depth"), flip_y=True, depth_empty=DEPTH_EMPTY,
+                                   copy=False, **options)
+
+
 def render_camera(depsgraph: Any, camera: CameraCV, background: Any = None) -> dict:
     """One frame from the backend, scene-linear (Gaussian colours are display sRGB values, as in
     every 3DGS model trained on photos; Blender's Combined pass is scene-linear, so the Standard
-    view shows them unchanged); `timing` in the reply says where the time went. The arrays are
-    views of shared memory (no copy), valid until the next frame: use them at once."""
+    view shows them unchanged); `timing` in the reply says where the time went. Use the arrays
+    at once (`render_frame`)."""
     t0 = time.perf_counter()
-    avatars, objects = scene_request(depsgraph)
+    request = frame_request(depsgraph, camera)
     t1 = time.perf_counter()
-    reply = session.client().render(camera=camera.as_message(), width=camera.width, height=camera.height,
-                                    avatars=avatars, objects=objects, passes=("rgba", "depth"),
-                                    flip_y=True, depth_empty=DEPTH_EMPTY, color="linear", background=background,
-                                    copy=False)
+    reply = render_frame(request, color="linear", background=background)
     reply.setdefault("timing", {})["rig_ms"] = round((t1 - t0) * 1e3, 3)
     return reply
 

@@ -118,12 +118,10 @@ class DREAMWALTZ_OT_add_avatar(_FromFile, bpy.types.Operator):
         if not scene_composite.scene_geometry(scene):
             return
         try:
-            engine = scene_composite.check(scene)
+            engine, other = scene_composite.render_with_scene(self.change, scene)
         except scene_composite.SceneCompositeError as exc:
             self.report({"WARNING"}, f"the avatar renders alone: {exc}")
             return
-        scene_composite.keep(self.change, scene)
-        other = scene_composite.set_up(scene, engine)
         self.report({"INFO"}, f"meshes render with {engine}, avatars with DreamWaltz (scene {other.name!r})")
 
 
@@ -301,9 +299,7 @@ class DREAMWALTZ_OT_render_with_scene(Reporting, bpy.types.Operator):
         from . import scene_composite
 
         scene = context.scene
-        engine = scene_composite.check(scene, self.engine)
-        scene_composite.keep(self.change, scene)
-        other = scene_composite.set_up(scene, engine)
+        engine, other = scene_composite.render_with_scene(self.change, scene, self.engine)
         self.report({"INFO"}, f"meshes render with {engine}, avatars with DreamWaltz (scene {other.name!r}), "
                               "merged by depth; motion blur is off")
         return {"FINISHED"}

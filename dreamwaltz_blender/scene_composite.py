@@ -50,6 +50,11 @@ def avatar_rigs(scene: Any) -> list[Any]:
     return [o for o in scene.objects if is_avatar_rig(o)]
 
 
+def scene_has_gaussians(scene: Any) -> bool:
+    """Avatars or static Gaussian objects in the scene."""
+    return any(is_avatar_rig(o) or OBJECT_KEY in o for o in scene.objects)
+
+
 def companion(scene: Any) -> Any:
     """The scene's DreamWaltz companion, if it has one still tied to it."""
     other = scene.get(COMPANION_KEY)
@@ -87,7 +92,7 @@ def check(scene: Any, engine: str = "SCENE") -> str:
         raise SceneCompositeError(
             f"the scene {scene.name!r} has no meshes to render the avatars with (DreamWaltz alone renders the "
             "Gaussians: Use DreamWaltz Renderer)")
-    if not avatar_rigs(scene) and not any(OBJECT_KEY in o for o in scene.objects):
+    if not scene_has_gaussians(scene):
         raise SceneCompositeError(f"the scene {scene.name!r} has no avatars or Gaussian objects (Add Avatar first)")
     if scene.camera is None:
         raise SceneCompositeError(f"the scene {scene.name!r} has no camera")
@@ -129,11 +134,20 @@ def make_companion(scene: Any) -> Any:
     return other
 
 
-def set_up(scene: Any, engine: str = "SCENE") -> Any:
-    """Everything Render with Scene does; returns the companion scene."""
+def render_with_scene(change: Any, scene: Any, engine: str = "SCENE") -> tuple[str, Any]:
+    """Render with Scene: `scene` checked, kept in `change` (a rollback.Change) and set up;
+    returns the meshes' engine and the companion scene."""
+    chosen = check(scene, engine)
+    keep(change, scene)
+    return chosen, set_up(scene, chosen)
+
+
+def set_up(scene: Any, engine: str) -> Any:
+    """Everything Render with Scene does to a checked scene, meshes in `engine` (as `check`
+    resolved it); returns the companion scene."""
     from .compositing import build_compositor
 
-    scene.render.engine = check(scene, engine)
+    scene.render.engine = engine
     other = make_companion(scene)
     scene.view_layers[0].use_pass_z = True
     scene.render.use_motion_blur = False  # Gaussians have none: a blurred mesh over a sharp avatar mismatches
@@ -148,16 +162,15 @@ def tear_down(scene: Any) -> None:
     only again, and the compositor (if DreamWaltz made one) keeps its plate without the merge."""
     import bpy
 
-    from .compositing import build_compositor, current_plate
+    from .compositing import build_compositor
 
     other = companion(scene)
     if other is None:
         return
-    plate = current_plate(scene)
     del scene[COMPANION_KEY]
     for proxy in proxies(scene):
         proxy.hide_render = True
-    build_compositor(scene, plate)
+    build_compositor(scene)
     bpy.data.scenes.remove(other)  # last: a failure before it leaves the companion to put back
 
 

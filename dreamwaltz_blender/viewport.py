@@ -23,10 +23,10 @@ from bpy.props import BoolProperty, PointerProperty
 
 from . import session
 from .camera import CameraCV, view_to_opencv
+from .scene_composite import scene_has_gaussians
 
 log = logging.getLogger("dreamwaltz.viewport")
 
-DEPTH_EMPTY = 1.0e10
 DEPTH_BIAS = 0.03
 """Metres the overlay's Gaussians are drawn nearer than they are: the proxy mesh (drawn in
 Solid shading) lies on the body surface, and skin-level Gaussians must not sink into it."""
@@ -46,7 +46,6 @@ class ViewFrame:
     """One region's last frame: the request it answers and whatever `upload` made of it."""
 
     key: str
-    generation: int
     data: Any
     timing: dict
 
@@ -64,29 +63,23 @@ class ViewFrames:
         self._frames: dict[Any, ViewFrame] = {}
         self.renders = 0
 
-    def request(self, depsgraph: Any, camera: CameraCV) -> dict:
-        from .engine import scene_request
-
-        avatars, objects = scene_request(depsgraph)
-        return {"camera": camera.as_message(), "width": camera.width, "height": camera.height,
-                "avatars": avatars, "objects": objects}
-
     def get(self, region_key: Any, depsgraph: Any, camera: CameraCV) -> ViewFrame:
+        from .engine import frame_request, render_frame
+
         t0 = time.perf_counter()
-        fields = self.request(depsgraph, camera)
-        key = json.dumps(fields, sort_keys=True)
+        request = frame_request(depsgraph, camera)
+        key = json.dumps(request, sort_keys=True)
         t1 = time.perf_counter()
         last = self._frames.get(region_key)
         if last is not None and last.key == key:
             return self._keep(region_key, last)
-        reply = session.client().render(**fields, passes=("rgba", "depth"), flip_y=True, depth_empty=DEPTH_EMPTY,
-                                        color=self._color, slot=self._slot, copy=False)
+        reply = render_frame(request, color=self._color, slot=self._slot)
         t2 = time.perf_counter()
         data = self._upload(reply)
         timing = dict(reply.get("timing", {}), rig_ms=round((t1 - t0) * 1e3, 3),
                       upload_ms=round((time.perf_counter() - t2) * 1e3, 3))
         self.renders += 1
-        return self._keep(region_key, ViewFrame(key, self.renders, data, timing))
+        return self._keep(region_key, ViewFrame(key, data, timing))
 
     def _keep(self, region_key: Any, frame: ViewFrame) -> ViewFrame:
         self._frames.pop(region_key, None)
@@ -95,11 +88,8 @@ class ViewFrames:
             self._frames.pop(next(iter(self._frames)))
         return frame
 
-    def forget(self, region_key: Any = None) -> None:
-        if region_key is None:
-            self._frames.clear()
-        else:
-            self._frames.pop(region_key, None)
+    def forget(self) -> None:
+        self._frames.clear()
 
 
 # ---- drawing (needs a GPU context) ------------------------------------------------------------
@@ -237,12 +227,6 @@ def rendered_frames() -> ViewFrames:
     if frames is None:
         frames = _overlay["rendered"] = ViewFrames(upload_textures, color="linear", slot="viewport")
     return frames
-
-
-def scene_has_gaussians(scene: Any) -> bool:
-    from .rig import OBJECT_KEY, is_avatar_rig
-
-    return any(is_avatar_rig(o) or OBJECT_KEY in o for o in scene.objects)
 
 
 def overlay_wanted(context: Any) -> bool:

@@ -7,6 +7,7 @@ scripts/blender_versions.sh). The backend then stays in this Python, which has t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -22,15 +23,24 @@ def blender_python() -> str:
     return os.environ.get(ENV_BLENDER) or sys.executable
 
 
-def run_blender(script: str, tmp_path: Path, timeout: float = 600, env: dict | None = None) -> dict:
-    """Execute `script` in Blender; returns the `result` dict it filled (asserts it did not raise)."""
+@functools.cache
+def has_gpu_init(python: str) -> bool:
+    """Whether that Python's Blender can make a background GPU context (`gpu.init`, 5.3 on)."""
+    probe = "import bpy, gpu, sys; sys.exit(not hasattr(gpu, 'init'))"
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+def run_blender(script: str, tmp_path: Path, timeout: float = 600, env: dict | None = None,
+                python: str | None = None) -> dict:
+    """Execute `script` in Blender (`python`'s, by default `blender_python()`); returns the
+    `result` dict it filled (asserts it did not raise)."""
     path = tmp_path / "blender_script.py"
     out = tmp_path / "blender_result.json"
     if out.exists():
         out.unlink()
     path.write_text(textwrap.dedent(script))
     child_env = {**os.environ, **(env or {})}
-    python = blender_python()
+    python = python or blender_python()
     if python != sys.executable:
         child_env.setdefault("DREAMWALTZ_PYTHON", sys.executable)
     proc = subprocess.run([python, str(ROOT / "tests" / "blender_entry.py"), str(path), str(out)],

@@ -1,7 +1,7 @@
 """Runs one test script inside real Blender (the bpy module) with the add-on enabled.
 
 Usage: python tests/blender_entry.py SCRIPT RESULT_JSON. The script gets `result` (a dict it
-fills; written as JSON at the end), `ROOT`, `scene_camera` and `scene_state` in its globals. Kept out of the pytest process so
+fills; written as JSON at the end), `ROOT`, `scene_camera`, `box` and `scene_state` in its globals. Kept out of the pytest process so
 that Blender and torch never share a process, as in real use.
 """
 
@@ -32,6 +32,32 @@ def scene_camera(location, rotation, size=None, lens=None):
     if lens is not None:
         cam.data.lens = lens
     return cam
+
+
+def box(name, size, location, color=None, emit=True):
+    """A box mesh of `size` (x, y, z) metres at `location` in the scene; with `color` (RGBA) an
+    emission (or, `emit=False`, diffuse) material of that colour."""
+    import bmesh
+
+    scene = bpy.context.scene
+    mesh = bpy.data.meshes.new(name)
+    bm = bmesh.new()
+    bmesh.ops.create_cube(bm, size=1.0)
+    bmesh.ops.scale(bm, vec=size, verts=bm.verts)
+    bm.to_mesh(mesh)
+    obj = bpy.data.objects.new(name, mesh)
+    scene.collection.objects.link(obj)
+    obj.location = location
+    if color is not None:
+        mat = bpy.data.materials.new(name)
+        mat.use_nodes = True
+        nodes, links = mat.node_tree.nodes, mat.node_tree.links
+        nodes.clear()
+        shader = nodes.new("ShaderNodeEmission" if emit else "ShaderNodeBsdfDiffuse")
+        shader.inputs["Color"].default_value = color
+        links.new(shader.outputs[0], nodes.new("ShaderNodeOutputMaterial").inputs["Surface"])
+        mesh.materials.append(mat)
+    return obj
 
 
 def _props(struct):
@@ -105,7 +131,7 @@ try:
             raise RuntimeError("the add-on did not enable")
     code = compile(Path(script).read_text(), script, "exec")
     exec(code, {"result": result, "ROOT": ROOT, "bpy": bpy, "scene_camera": scene_camera,
-                "scene_state": scene_state, "__name__": "__blender_test__"})
+                "box": box, "scene_state": scene_state, "__name__": "__blender_test__"})
     result.setdefault("ok", True)
 except BaseException:
     result["ok"] = False

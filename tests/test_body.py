@@ -217,6 +217,9 @@ CRAFTED_BODIES = {
     "hierarchy": ("kintree_table", lambda a: _set(a, (0, 20), 3), "another joint hierarchy"),
     "hands": ("hands_componentsl", lambda a: a[:, :40], "hands_componentsl has shape"),
     "too_few_vertices": ("v_template", lambda a: a[:5000], "v_template has 5000 vertices"),
+    "scalar_regressor": ("J_regressor", lambda a: np.float64(1.0), "J_regressor has shape ()"),
+    "scalar_weights": ("weights", lambda a: np.float64(1.0), "weights has shape ()"),
+    "scalar_template": ("v_template", lambda a: np.float64(1.0), "v_template has shape ()"),
 }
 
 

@@ -520,7 +520,7 @@ def test_paper_mesh_bound_gaussians_are_six_per_hand_triangle_flat_and_opaque(bo
     # scale factors are clamped to [0.5, 2] of the triangle's size
     b.factors.fill_(10.0)
     torch.testing.assert_close(b.gaussians().log_scales[:, :2].exp(), 2.0 * b.base_scales)
-    # posed: on the triangle, with the triangle's size
+    # posed: still opaque
     from backend.avatar import Avatar
 
     av = Avatar(body=body, betas=body.betas_vector(None), free=skirt_avatar(body, 2).free, bound=paper_bound(

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fields.hashgrid import HashGridEncoding, table_entries
+from ..fields.hashgrid import HashGridEncoding
+from ..fields.mlp import relu_mlp, uniform_linear
 
 POSE_VALUES = 63
 CANONICAL_SNAP = 1e-5
@@ -131,15 +132,6 @@ class DeformSpec:
         return _spec_from(cls, data, what)
 
 
-def _uniform_linear(width_in: int, width_out: int, gen: torch.Generator) -> nn.Linear:
-    lin = nn.Linear(width_in, width_out)
-    bound = 1.0 / math.sqrt(width_in)
-    with torch.no_grad():
-        lin.weight.uniform_(-bound, bound, generator=gen)
-        lin.bias.uniform_(-bound, bound, generator=gen)
-    return lin
-
-
 class ImplicitField(nn.Module):
     """Canonical position -> hash features -> (colour, opacity); see the module docstring."""
 
@@ -151,14 +143,7 @@ class ImplicitField(nn.Module):
         self.register_buffer("bound", torch.tensor(float(bound), dtype=torch.float32))
         gen = torch.Generator().manual_seed(int(seed))
         self.encoding = HashGridEncoding(spec, gen, spec.interpolation)
-        mods: list[nn.Module] = []
-        width = spec.out_dim
-        for i in range(spec.layers):
-            mods.append(_uniform_linear(width, 4 if i == spec.layers - 1 else spec.hidden, gen))
-            if i < spec.layers - 1:
-                mods.append(nn.ReLU())
-            width = spec.hidden
-        self.mlp = nn.Sequential(*mods)
+        self.mlp = relu_mlp(spec.out_dim, spec.hidden, spec.layers, 4, gen)
 
     @classmethod
     def from_nerf(cls, nerf_field: Any) -> "ImplicitField":
@@ -194,7 +179,7 @@ class DeformationNetwork(nn.Module):
         self.register_buffer("canonical_pose", pose)
         gen = torch.Generator().manual_seed(int(seed))
         widths = [spec.features + POSE_VALUES] + [spec.width] * spec.depth
-        self.layers = nn.ModuleList(_uniform_linear(a, b, gen) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(uniform_linear(a, b, gen) for a, b in zip(widths[:-1], widths[1:]))
         self.head = nn.Linear(spec.width, 6)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -287,9 +272,6 @@ class HybridNetworks:
         return tuple((id(t), t._version) for m in self.modules() for t in list(m.parameters()) + list(m.buffers())) + \
             ((id(self.canonical_transforms), self.canonical_transforms._version),)
 
-    def requires_grad(self) -> bool:
-        return any(p.requires_grad for m in self.modules() for p in m.parameters())
-
 
 def canonical_positions(rest: torch.Tensor, skin_joints: torch.Tensor, skin_weights: torch.Tensor,
                         transforms: torch.Tensor) -> torch.Tensor:
@@ -324,10 +306,5 @@ def free_network_state(networks: HybridNetworks, rest: torch.Tensor, skin_joints
     return FreeNetworkState(colors, opacities, projected, canonical_raw)
 
 
-def table_size(spec: FieldSpec) -> int:
-    """Rows of the field's hash table (all levels)."""
-    return table_entries(spec)
-
-
 __all__ = ["FieldSpec", "DeformSpec", "ImplicitField", "DeformationNetwork", "HybridNetworks", "FreeNetworkState",
-           "NetworkSpecError", "canonical_positions", "free_network_state", "table_size", "MIN_SCALE"]
+           "NetworkSpecError", "canonical_positions", "free_network_state", "MIN_SCALE"]

@@ -467,7 +467,14 @@ def pose_with_params(avatar: Avatar, betas: Any = None, **params: Any) -> Gaussi
     hands as full axis-angles, jaw_pose, leye_pose, reye_pose, expression, transl), optionally
     with another body shape (`betas`)."""
     expression = params.pop("expression", None)
-    transl = params.pop("transl", None)
+    rotations, transforms = params_to_transforms(avatar, betas, **params)
+    return pose_with_transforms(avatar, transforms, expression, rotations, betas)
+
+
+def params_to_transforms(avatar: Avatar, betas: Any = None, transl: Any = None,
+                         **params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(per-joint rotations, skinning transforms (55, 4, 4)) of one frame's SMPL-X pose
+    parameters (without expression) on `avatar`'s body, or another shape (`betas`)."""
     unknown = set(params) - {name for name, _ in POSE_PARTS}
     if unknown:
         raise PoseError(f"unknown pose parameters: {', '.join(sorted(unknown))}")
@@ -478,4 +485,4 @@ def pose_with_params(avatar: Avatar, betas: Any = None, **params: Any) -> Gaussi
         if not np.isfinite(t).all():
             raise PoseError("transl contains NaN or infinite values")
     _, transforms = skinning_transforms(rotations, shape_state(avatar, betas)["joints"], t)
-    return pose_with_transforms(avatar, transforms, expression, rotations, betas)
+    return rotations, transforms

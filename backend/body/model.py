@@ -82,14 +82,10 @@ def _validate_file(path: Path) -> dict[str, np.ndarray]:
     if missing:
         raise BodyModelError(f"body model file {path} is missing the keys {', '.join(missing)} "
                              "(expected an SMPL-X model such as SMPLX_NEUTRAL_2020.npz)")
-    joints = arrays["J_regressor"].shape[0]
-    if joints != NUM_JOINTS or arrays["weights"].shape[1] != NUM_JOINTS:
-        raise BodyModelError(f"body model file {path} has {joints} joints; SMPL-X has {NUM_JOINTS} "
+    regressor = arrays["J_regressor"]
+    if regressor.ndim == 2 and regressor.shape[0] != NUM_JOINTS:   # the likely mistake, said as such
+        raise BodyModelError(f"body model file {path} has {regressor.shape[0]} joints; SMPL-X has {NUM_JOINTS} "
                              "(is it an SMPL or SMPL-H file?)")
-    nv = arrays["v_template"].shape[0]
-    if arrays["weights"].shape[0] != nv or arrays["shapedirs"].shape[0] != nv:
-        raise BodyModelError(f"body model file {path} is inconsistent: v_template has {nv} vertices "
-                             f"but weights/shapedirs have {arrays['weights'].shape[0]}/{arrays['shapedirs'].shape[0]}")
     check_arrays(arrays, path, BodyModelError)
     return arrays
 

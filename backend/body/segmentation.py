@@ -54,9 +54,10 @@ def _hands_from_file(path: Path, count: int) -> np.ndarray:
 
 def _face_from_files(ids_path: Path, masks_path: Path, count: int) -> np.ndarray:
     from ..motion.safe_pickle import safe_load
+    from ..safe_numpy import read_npy
 
     try:
-        flame_ids = np.load(ids_path, allow_pickle=False)
+        flame_ids = read_npy(ids_path)
         with open(masks_path, "rb") as fh:
             masks = safe_load(fh, masks_path)
     except (OSError, ValueError) as exc:

@@ -21,12 +21,9 @@ POSE_BASIS = (NUM_JOINTS - 1) * 9
 
 def _extra_joint_vertices() -> int:
     """One more than the highest vertex id smplx reads extra joints from (nose, toes, ...)."""
-    try:
-        from smplx.vertex_ids import vertex_ids
+    from smplx.vertex_ids import vertex_ids
 
-        return max(vertex_ids["smplx"].values()) + 1
-    except ImportError:       # NpzBody in Blender has no smplx: it reads no extra joints
-        return 1
+    return max(vertex_ids["smplx"].values()) + 1
 
 
 def check_arrays(arrays: dict[str, np.ndarray], path: Path, error: type[Exception] = ValueError) -> None:

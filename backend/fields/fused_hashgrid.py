@@ -44,7 +44,9 @@ class Layout:
     offset: tuple[int, ...]
     dense: tuple[bool, ...]
 
+    @functools.cached_property
     def args(self) -> tuple:
+        """The layout as the extension's functions take it (built once)."""
         return (self.features, self.log2_table, self.smoothstep, list(self.scale), list(self.resolution),
                 list(self.size), list(self.offset), list(self.dense))
 
@@ -72,16 +74,20 @@ def _load(cuda: bool) -> tuple[Any, str]:
         return None, reason
 
 
+def _extension(device: torch.device) -> tuple[Any, str]:
+    """(the extension for `device`'s tensors or None, why not)."""
+    if os.environ.get("DREAMWALTZ_FUSED_HASHGRID", "1") == "0":
+        return None, "switched off by DREAMWALTZ_FUSED_HASHGRID=0"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return None, "torch sees no CUDA GPU"
+    if device.type not in ("cuda", "cpu"):
+        return None, f"no fused kernel for {device.type} tensors"
+    return _load(device.type == "cuda")
+
+
 def fused_available(device: torch.device | str) -> tuple[bool, str]:
     """Whether the fused encoding runs on `device` (building it the first time), and why not."""
-    device = torch.device(device)
-    if os.environ.get("DREAMWALTZ_FUSED_HASHGRID", "1") == "0":
-        return False, "switched off by DREAMWALTZ_FUSED_HASHGRID=0"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return False, "torch sees no CUDA GPU"
-    if device.type not in ("cuda", "cpu"):
-        return False, f"no fused kernel for {device.type} tensors"
-    module, reason = _load(device.type == "cuda")
+    module, reason = _extension(torch.device(device))
     return module is not None, reason
 
 
@@ -90,21 +96,20 @@ class _FusedEncode(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, table: torch.Tensor, layout: Layout, module: Any) -> torch.Tensor:
         ctx.save_for_backward(x, table)
         ctx.layout, ctx.module = layout, module
-        return module.forward(x, table, *layout.args())
+        return module.forward(x, table, *layout.args)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         x, table = ctx.saved_tensors
         need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_table, grad_x = ctx.module.backward(grad.contiguous(), x, table, need_table, need_x, *ctx.layout.args())
+        grad_table, grad_x = ctx.module.backward(grad.contiguous(), x, table, need_table, need_x, *ctx.layout.args)
         return (grad_x if need_x else None), (grad_table if need_table else None), None, None
 
 
 def fused_encode(x: torch.Tensor, table: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Features (N, L*F) of points (N, 3) in [0, 1]^3 (clamped) from the flat table (rows, F);
     differentiable in both. Raises RuntimeError where the kernel is not available."""
-    ok, reason = fused_available(x.device)
-    if not ok:
+    module, reason = _extension(x.device)
+    if module is None:
         raise RuntimeError(f"the fused hash-grid kernel is not available on {x.device}: {reason}")
-    module, _ = _load(x.device.type == "cuda")
     return _FusedEncode.apply(x.float().contiguous(), table.contiguous(), layout, module)

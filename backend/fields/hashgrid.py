@@ -99,19 +99,20 @@ class HashGridEncoding(nn.Module):
             raise ValueError(f"hash-grid kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
         self.kernel = kernel
         self.levels, self.features = int(shape.levels), int(shape.features)
-        self.table = 2 ** int(shape.log2_table)
         self.interpolation = interpolation
         scales, res, sizes = _level_layout(shape)
         offsets = [0]
         for n in sizes:
             offsets.append(offsets[-1] + n)
-        self.register_buffer("scale", torch.tensor(scales, dtype=torch.float32), persistent=False)
-        self.register_buffer("resolution", torch.tensor(res, dtype=torch.long), persistent=False)
-        self.register_buffer("size", torch.tensor(sizes, dtype=torch.long), persistent=False)
-        self.register_buffer("offset", torch.tensor(offsets[:-1], dtype=torch.long), persistent=False)
-        self.register_buffer("dense", torch.tensor([r ** 3 <= n for r, n in zip(res, sizes)]), persistent=False)
         self.layout = Layout(self.features, int(shape.log2_table), interpolation == "smoothstep", tuple(scales),
                              tuple(res), tuple(sizes), tuple(offsets[:-1]), tuple(r ** 3 <= n for r, n in zip(res, sizes)))
+        self.table = 1 << self.layout.log2_table
+        lay = self.layout   # the PyTorch path's copies, on the module's device
+        self.register_buffer("scale", torch.tensor(lay.scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("resolution", torch.tensor(lay.resolution, dtype=torch.long), persistent=False)
+        self.register_buffer("size", torch.tensor(lay.size, dtype=torch.long), persistent=False)
+        self.register_buffer("offset", torch.tensor(lay.offset, dtype=torch.long), persistent=False)
+        self.register_buffer("dense", torch.tensor(lay.dense), persistent=False)
         init = torch.rand(offsets[-1], self.features, generator=generator) * 2e-4 - 1e-4
         self.embeddings = nn.Parameter(init)
 

@@ -714,10 +714,6 @@ class Trainer:
 def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool, write: bool = True) -> None:
     """Check that `out_dir` may take this run; with `write` (rank 0), record its config."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if write:   # only the writer: another rank would remove rank 0's temporary files while it writes them
-        stale = remove_stale_temps(out_dir)   # a killed run's half-written checkpoints and previews
-        if stale:
-            log.info("removed %d temporary files a killed run left in %s", len(stale), out_dir)
     cfg_path = out_dir / "config.json"
     has_ckpt = checkpoint_path(out_dir).exists()
     if not resume and (has_ckpt or (out_dir / "avatar").exists()):
@@ -731,7 +727,10 @@ def prepare_out_dir(config: TrainConfig, out_dir: Path, resume: bool, write: boo
         if diff:
             raise TrainingError(f"{out_dir} holds a run with different settings ({', '.join(diff)}); "
                                 "resume it with its own settings (see its config.json)")
-    if write:
+    if write:   # only the writer: another rank would remove rank 0's temporary files while it writes them
+        stale = remove_stale_temps(out_dir)   # a killed run's half-written checkpoints and previews (not
+        if stale:                             # before the checks: a refused run must touch nothing)
+            log.info("removed %d temporary files a killed run left in %s", len(stale), out_dir)
         write_text_atomic(cfg_path, config.to_json())
 
 

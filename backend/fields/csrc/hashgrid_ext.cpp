@@ -7,6 +7,7 @@
 
 #ifdef HG_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 cudaError_t hashgrid_forward_cuda(const HashGridLevels& g, int64_t n, const float* x, const float* table, float* out,
                                   cudaStream_t stream);
@@ -64,6 +65,7 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table, int64_t features, in
   auto out = torch::empty({n, (int64_t)g.levels * g.features}, x.options());
   if (x.is_cuda()) {
 #ifdef HG_WITH_CUDA
+    const c10::cuda::OptionalCUDAGuard guard(x.device());   // the tensors' GPU, not the current one
     const cudaError_t err = hashgrid_forward_cuda(g, n, x.data_ptr<float>(), table.data_ptr<float>(),
                                                   out.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, "hash grid forward: ", cudaGetErrorString(err));
@@ -94,6 +96,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor x, tor
   torch::Tensor gx = need_x ? torch::empty_like(x) : torch::Tensor();
   if (x.is_cuda()) {
 #ifdef HG_WITH_CUDA
+    const c10::cuda::OptionalCUDAGuard guard(x.device());
     const cudaError_t err = hashgrid_backward_cuda(
         g, n, x.data_ptr<float>(), table.data_ptr<float>(), grad_out.data_ptr<float>(),
         need_table ? gt.data_ptr<float>() : nullptr, need_x ? gx.data_ptr<float>() : nullptr,

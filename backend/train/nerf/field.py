@@ -21,7 +21,6 @@ field made on one machine loads on another.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 
 from ...fields.fused_hashgrid import fused_available
 from ...fields.hashgrid import HashGridEncoding, tcnn_available, tcnn_encoding_config
+from ...fields.mlp import relu_mlp
 from .config import NeRFConfig
 
 
@@ -80,22 +80,6 @@ class TcnnHashGrid(nn.Module):
                                       enc.loss_scale).float()
 
 
-def _mlp(width_in: int, hidden: int, layers: int, out: int, gen: torch.Generator) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    width = width_in
-    for i in range(layers):
-        lin = nn.Linear(width, out if i == layers - 1 else hidden)
-        bound = 1.0 / math.sqrt(width)
-        with torch.no_grad():
-            lin.weight.uniform_(-bound, bound, generator=gen)
-            lin.bias.uniform_(-bound, bound, generator=gen)
-        mods.append(lin)
-        if i < layers - 1:
-            mods.append(nn.ReLU())
-        width = hidden
-    return nn.Sequential(*mods)
-
-
 def resolve_backend(name: str, device: torch.device) -> str:
     """auto: tiny-cuda-nn's encoding, else the fused kernel (both CUDA only), else pure PyTorch."""
     if name == "auto":
@@ -128,7 +112,7 @@ class NeRFField(nn.Module):
         grid = HashGridEncoding(shape, gen, config.interpolation, kernel="fused" if self.backend == "fused" else "torch")
         self.encoding: nn.Module = grid if self.backend in ("torch", "fused") else \
             TcnnHashGrid(shape, config.interpolation, grid.embeddings.data.to(device))
-        self.mlp = _mlp(grid.out_dim, config.hidden, config.layers, 4, gen)
+        self.mlp = relu_mlp(grid.out_dim, config.hidden, config.layers, 4, gen)
         self.to(device)
 
     @property

@@ -238,7 +238,7 @@ def _code_digest() -> str:
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for path in (here / "pretrain.py", here / "field.py", here / "mesh.py", here / "raymarch.py",
-                 here.parents[1] / "fields" / "hashgrid.py"):
+                 here.parents[1] / "fields" / "hashgrid.py", here.parents[1] / "fields" / "mlp.py"):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
